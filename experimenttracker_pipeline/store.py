@@ -1,0 +1,432 @@
+"""The experiment store: every SQL statement the pipeline runs against its database lives here or in `sql/`.
+
+One `Store` wraps a SQLAlchemy engine for SQLite (embedded default) or PostgreSQL (production). Values are
+always bound parameters. Bulk writes use PostgreSQL ``COPY`` (SQLite: batched ``executemany``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from experimenttracker_pipeline.lib.declarations import ExperimentDeclaration
+from experimenttracker_pipeline.lib.pairing import GENESIS_HASH, SAMPLE_HASH_FIELDS, VARIANT_MODES, CONTROL_MODE, Candidate
+from experimenttracker_pipeline.lib.reports import FILL_COLUMNS, Fill
+from experimenttracker_pipeline.settings import BOT_ID, normalise_db_url
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SAMPLE_COLUMNS = SAMPLE_HASH_FIELDS + ("prev_hash", "sample_hash")
+RAW_COLUMNS = FILL_COLUMNS + ("source_file", "source_line")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class StoreUnavailable(RuntimeError):
+    """The experiment store cannot be reached (connection refused, bad URL, missing database)."""
+
+
+class ImmutableSampleError(RuntimeError):
+    """An attempt to change recorded samples, or a broken chain found before appending."""
+
+
+def new_ulid() -> str:
+    """A ULID (48-bit ms time + 80 random bits, Crockford base32): sortable, unique report ids."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+@dataclass(frozen=True)
+class BatchAccount:
+    lines_read: int
+    accepted: int
+    duplicates: int
+    quarantined: int
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    line_number: int
+    reason_code: str
+    detail: str
+    raw_text: str
+    report_id: str | None = None
+
+
+def _split_sqlite_script(script: str) -> list[str]:
+    # Trigger bodies contain ';', so split on complete statements rather than on semicolons.
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not buffer.strip().startswith("--"):
+        statements.append(buffer.strip())
+    return statements
+
+
+class Store:
+    """Access to the experiment tables; create one per process (it owns a connection pool)."""
+
+    def __init__(self, url: str, *, echo: bool = False):
+        self.url = normalise_db_url(url)
+        try:
+            sa_url = sa.engine.make_url(self.url)
+        except sa.exc.ArgumentError as exc:
+            raise StoreUnavailable(f"EXPERIMENTTRACKER_DB_URL is not a valid SQLAlchemy URL: {exc}") from exc
+        self.dialect = sa_url.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise StoreUnavailable(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.dialect == "sqlite":
+            if sa_url.database and sa_url.database != ":memory:":
+                Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            if _is_connection_error(exc):
+                raise StoreUnavailable(f"experiment store unreachable: {str(exc.orig).strip().splitlines()[0]}") from exc
+            raise
+
+    def ping(self) -> None:
+        with self.begin() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def migrate(self) -> list[str]:
+        """Apply the versioned SQL files in ``sql/<dialect>/`` that have not run yet; safe to run twice."""
+        applied_now: list[str] = []
+        folder = SQL_DIR / ("postgres" if self.dialect == "postgresql" else "sqlite")
+        with self.begin() as conn:
+            if self.dialect == "postgresql":
+                # Two processes starting at once must not both apply a migration.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423001)"))
+            conn.execute(sa.text(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
+            done = {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_migrations"))}
+            for path in sorted(folder.glob("*.sql")):
+                if path.name in done:
+                    continue
+                script = path.read_text(encoding="utf-8")
+                if self.dialect == "sqlite":
+                    for statement in _split_sqlite_script(script):
+                        conn.exec_driver_sql(statement)
+                else:
+                    # Straight to the driver: without parameters psycopg2 leaves '%' in plpgsql bodies alone.
+                    conn.connection.driver_connection.cursor().execute(script)
+                conn.execute(sa.text("INSERT INTO schema_migrations (version, applied_at) VALUES (:v, :t)"),
+                             {"v": path.name, "t": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                applied_now.append(path.name)
+        return applied_now
+
+    def applied_migrations(self) -> list[str]:
+        with self.begin() as conn:
+            return [r[0] for r in conn.execute(sa.text("SELECT version FROM schema_migrations ORDER BY version"))]
+
+    # ---- experiments -----------------------------------------------------------------------------
+    def get_experiment_row(self, experiment_id: str) -> dict[str, Any] | None:
+        with self.begin() as conn:
+            row = conn.execute(sa.text("SELECT * FROM experiments WHERE experiment_id = :e"), {"e": experiment_id}).mappings().first()
+        return dict(row) if row else None
+
+    def experiment_rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM experiments" + (" WHERE status = :s" if status else "") + " ORDER BY experiment_id"
+        with self.begin() as conn:
+            return [dict(r) for r in conn.execute(sa.text(sql), {"s": status}).mappings()]
+
+    def register_experiment(self, decl: ExperimentDeclaration) -> str:
+        """Insert a new experiment. Returns 'new', 'unchanged' or 'conflict' (stored content differs)."""
+        row = decl.to_row()
+        with self.begin() as conn:
+            existing = conn.execute(sa.text("SELECT declaration_sha256 FROM experiments WHERE experiment_id = :e"),
+                                    {"e": decl.experiment_id}).scalar()
+            if existing is not None:
+                return "unchanged" if existing == row["declaration_sha256"] else "conflict"
+            columns = ", ".join(row)
+            values = ", ".join(f":{k}" for k in row)
+            result = conn.execute(sa.text(f"INSERT INTO experiments ({columns}) VALUES ({values}) "
+                                          "ON CONFLICT (experiment_id) DO NOTHING"), row)
+            return "new" if result.rowcount == 1 else "unchanged"
+
+    def set_experiment_status(self, experiment_id: str, status: str) -> None:
+        with self.begin() as conn:
+            conn.execute(sa.text("UPDATE experiments SET status = :s WHERE experiment_id = :e"), {"s": status, "e": experiment_id})
+
+    # ---- landing files and ingestion -------------------------------------------------------------
+    def landing_state(self) -> dict[str, dict[str, int]]:
+        with self.begin() as conn:
+            rows = conn.execute(sa.text("SELECT path, byte_offset, lines_read, size_seen FROM landing_files")).mappings()
+            return {r["path"]: {"byte_offset": r["byte_offset"], "lines_read": r["lines_read"], "size_seen": r["size_seen"]} for r in rows}
+
+    def ingest_batch(self, *, source_file: str, from_offset: int, to_offset: int, first_line: int, size_seen: int,
+                     fills: Sequence[tuple[int, Fill]], rejections: Sequence[QuarantineRow], run_id: str | None = None) -> BatchAccount:
+        """Store one chunk of a landing file atomically: accepted fills, duplicates, quarantine rows, the new
+        file offset and the chunk's accounting row commit together or not at all."""
+        lines_read = len(fills) + len(rejections)
+        quarantine = list(rejections)
+        first_seen: dict[str, tuple[int, Fill]] = {}
+        duplicates = 0
+        for line_no, fill in fills:  # redeliveries inside the chunk itself
+            seen = first_seen.get(fill.report_id)
+            if seen is None:
+                first_seen[fill.report_id] = (line_no, fill)
+            elif seen[1].content_sha256 == fill.content_sha256:
+                duplicates += 1
+            else:
+                quarantine.append(_conflict_row(line_no, fill, seen[0], source_file))
+        with self.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423002)"))
+            self._load_staging(conn, [(line_no, fill) for line_no, fill in first_seen.values()], source_file)
+            known = conn.execute(sa.text(
+                "SELECT s.report_id, r.content_sha256, r.source_file, r.source_line FROM staging_reports s "
+                "JOIN raw_reports r ON r.report_id = s.report_id")).all()
+            for report_id, stored_sha, stored_file, stored_line in known:
+                line_no, fill = first_seen[report_id]
+                if stored_sha == fill.content_sha256:
+                    duplicates += 1
+                else:
+                    quarantine.append(_conflict_row(line_no, fill, stored_line, stored_file))
+            accepted = conn.execute(sa.text(
+                f"INSERT INTO raw_reports ({', '.join(RAW_COLUMNS)}) SELECT {', '.join(RAW_COLUMNS)} FROM staging_reports s "
+                "WHERE NOT EXISTS (SELECT 1 FROM raw_reports r WHERE r.report_id = s.report_id)")).rowcount
+            conn.execute(sa.text("DELETE FROM staging_reports"))
+            if quarantine:
+                conn.execute(sa.text(
+                    "INSERT INTO quarantined_reports (source_file, line_number, report_id, reason_code, detail, raw_text) "
+                    "VALUES (:source_file, :line_number, :report_id, :reason_code, :detail, :raw_text)"),
+                    [{"source_file": source_file, "line_number": q.line_number, "report_id": q.report_id,
+                      "reason_code": q.reason_code, "detail": q.detail[:1000], "raw_text": q.raw_text} for q in quarantine])
+            account = BatchAccount(lines_read, accepted, duplicates, len(quarantine))
+            if account.accepted + account.duplicates + account.quarantined != lines_read:
+                raise RuntimeError(f"ingestion accounting mismatch in {source_file}: {account}")
+            conn.execute(sa.text(
+                "INSERT INTO ingestion_batches (run_id, source_file, from_offset, to_offset, first_line, lines_read, accepted, "
+                "duplicates, quarantined) VALUES (:run_id, :f, :a, :b, :first, :n, :acc, :dup, :q)"),
+                {"run_id": run_id, "f": source_file, "a": from_offset, "b": to_offset, "first": first_line, "n": lines_read,
+                 "acc": accepted, "dup": duplicates, "q": len(quarantine)})
+            self._set_landing_offset(conn, source_file, to_offset, first_line - 1 + lines_read, size_seen)
+        return account
+
+    def _set_landing_offset(self, conn: Connection, path: str, offset: int, lines_read: int, size_seen: int) -> None:
+        conn.execute(sa.text(
+            "INSERT INTO landing_files (path, byte_offset, lines_read, size_seen) VALUES (:p, :o, :n, :s) "
+            "ON CONFLICT (path) DO UPDATE SET byte_offset = excluded.byte_offset, lines_read = excluded.lines_read, "
+            "size_seen = excluded.size_seen, updated_at = excluded.updated_at"),
+            {"p": path, "o": offset, "n": lines_read, "s": size_seen})
+
+    def reset_landing_offset(self, path: str, lines_read: int) -> None:
+        """A file that shrank was rotated or rewritten: read it again from byte 0 (known ids count as
+        duplicates, line numbers keep counting up so quarantine rows never collide)."""
+        with self.begin() as conn:
+            self._set_landing_offset(conn, path, 0, lines_read, 0)
+
+    def _load_staging(self, conn: Connection, fills: Sequence[tuple[int, Fill]], source_file: str) -> None:
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql(
+                "CREATE TEMP TABLE IF NOT EXISTS staging_reports (LIKE raw_reports INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            for line_no, fill in fills:
+                writer.writerow([_csv_value(getattr(fill, c)) for c in FILL_COLUMNS] + [source_file, line_no])
+            buffer.seek(0)
+            cursor = conn.connection.driver_connection.cursor()
+            cursor.copy_expert(
+                f"COPY staging_reports ({', '.join(RAW_COLUMNS)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+        else:
+            conn.exec_driver_sql(
+                "CREATE TEMP TABLE IF NOT EXISTS staging_reports AS SELECT * FROM raw_reports WHERE 0")
+            conn.exec_driver_sql("DELETE FROM staging_reports")
+            placeholders = ", ".join("?" for _ in RAW_COLUMNS)
+            conn.connection.driver_connection.cursor().executemany(
+                f"INSERT INTO staging_reports ({', '.join(RAW_COLUMNS)}) VALUES ({placeholders})",
+                [tuple(getattr(fill, c) for c in FILL_COLUMNS) + (source_file, line_no) for line_no, fill in fills])
+
+    # ---- samples ---------------------------------------------------------------------------------
+    def sample_tail(self, conn: Connection, experiment_id: str) -> tuple[int, str]:
+        row = conn.execute(sa.text(
+            "SELECT sample_n, sample_hash FROM experiment_samples WHERE experiment_id = :e ORDER BY sample_n DESC LIMIT 1"),
+            {"e": experiment_id}).first()
+        return (int(row[0]), row[1]) if row else (0, GENESIS_HASH)
+
+    def unpaired_candidates(self, conn: Connection, exp: Mapping[str, Any]) -> tuple[list[Candidate], list[Candidate]]:
+        """Fills eligible for this experiment that are not yet half of one of its samples, split by role."""
+        fields = ", ".join(f"r.{f}" for f in Candidate.__dataclass_fields__)
+        sql = sa.text(
+            f"SELECT r.strategy_slug AS role_slug, {fields} FROM raw_reports r "
+            "WHERE r.recorded_at_ms >= :started AND (r.experiment_id IS NULL OR r.experiment_id = :e) "
+            "AND ((r.strategy_slug = :variant AND r.mode IN :variant_modes) OR (r.strategy_slug = :control AND r.mode = :control_mode)) "
+            "AND NOT EXISTS (SELECT 1 FROM experiment_samples s WHERE s.experiment_id = :e AND s.variant_report_id = r.report_id) "
+            "AND NOT EXISTS (SELECT 1 FROM experiment_samples s WHERE s.experiment_id = :e AND s.control_report_id = r.report_id)"
+        ).bindparams(sa.bindparam("variant_modes", expanding=True))
+        variants, controls = [], []
+        rows = conn.execute(sql, {
+            "started": exp["started_at_ms"], "e": exp["experiment_id"], "variant": exp["variant_slug"],
+            "control": exp["control_slug"], "variant_modes": list(VARIANT_MODES[exp["mode"]]), "control_mode": CONTROL_MODE})
+        for row in rows:
+            candidate = Candidate(*row[1:])
+            (variants if row[0] == exp["variant_slug"] else controls).append(candidate)
+        return variants, controls
+
+    def append_samples(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append sample rows (the caller numbered and chained them). Never updates."""
+        if not rows:
+            return
+        if self.dialect == "postgresql":
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            for row in rows:
+                writer.writerow([_csv_value(row[c]) for c in SAMPLE_COLUMNS])
+            buffer.seek(0)
+            cursor = conn.connection.driver_connection.cursor()
+            cursor.copy_expert(f"COPY experiment_samples ({', '.join(SAMPLE_COLUMNS)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+        else:
+            placeholders = ", ".join("?" for _ in SAMPLE_COLUMNS)
+            conn.connection.driver_connection.cursor().executemany(
+                f"INSERT INTO experiment_samples ({', '.join(SAMPLE_COLUMNS)}) VALUES ({placeholders})",
+                [tuple(row[c] for c in SAMPLE_COLUMNS) for row in rows])
+
+    def get_sample(self, conn: Connection, experiment_id: str, sample_n: int) -> dict[str, Any]:
+        row = conn.execute(sa.text(f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM experiment_samples "
+                                   "WHERE experiment_id = :e AND sample_n = :n"), {"e": experiment_id, "n": sample_n}).mappings().one()
+        return dict(row)
+
+    def last_sample_time(self, conn: Connection, experiment_id: str) -> int | None:
+        value = conn.execute(sa.text("SELECT MAX(recorded_at_ms) FROM experiment_samples WHERE experiment_id = :e"),
+                             {"e": experiment_id}).scalar()
+        return int(value) if value is not None else None
+
+    def lock_experiment(self, conn: Connection, experiment_id: str) -> None:
+        """Serialise writers of one experiment's samples (PostgreSQL advisory lock; SQLite locks the file)."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423003, hashtext(:e))"), {"e": experiment_id})
+
+    def save_pairing_state(self, conn: Connection, experiment_id: str, samples: int, orphan_variant: int,
+                           orphan_control: int, last_sample_at_ms: int | None) -> None:
+        conn.execute(sa.text(
+            "INSERT INTO experiment_pairing_state (experiment_id, samples, orphan_variant, orphan_control, last_sample_at_ms) "
+            "VALUES (:e, :n, :ov, :oc, :t) ON CONFLICT (experiment_id) DO UPDATE SET samples = excluded.samples, "
+            "orphan_variant = excluded.orphan_variant, orphan_control = excluded.orphan_control, "
+            "last_sample_at_ms = excluded.last_sample_at_ms, updated_at = excluded.updated_at"),
+            {"e": experiment_id, "n": samples, "ov": orphan_variant, "oc": orphan_control, "t": last_sample_at_ms})
+
+    def pairing_states(self) -> dict[str, dict[str, Any]]:
+        with self.begin() as conn:
+            return {r["experiment_id"]: dict(r) for r in conn.execute(sa.text("SELECT * FROM experiment_pairing_state")).mappings()}
+
+    def iter_samples(self, experiment_id: str, batch: int = 20_000) -> Iterator[dict[str, Any]]:
+        """All samples of one experiment in sample_n order, streamed in keyset pages."""
+        last = 0
+        columns = ", ".join(SAMPLE_COLUMNS)
+        while True:
+            with self.begin() as conn:
+                page = [dict(r) for r in conn.execute(sa.text(
+                    f"SELECT {columns} FROM experiment_samples WHERE experiment_id = :e AND sample_n > :last "
+                    "ORDER BY sample_n LIMIT :lim"), {"e": experiment_id, "last": last, "lim": batch}).mappings()]
+            if not page:
+                return
+            yield from page
+            last = page[-1]["sample_n"]
+
+    def sample_count(self, experiment_id: str) -> int:
+        with self.begin() as conn:
+            return int(conn.execute(sa.text("SELECT COUNT(*) FROM experiment_samples WHERE experiment_id = :e"), {"e": experiment_id}).scalar())
+
+    # ---- outbox ----------------------------------------------------------------------------------
+    def emit_report(self, conn: Connection, *, event_type: str, severity: str, dedupe_key: str, payload: Mapping[str, Any],
+                    experiment_id: str | None, report_kind: str = "OperationsReport", topic: str) -> dict[str, Any] | None:
+        """Write a report to the outbox once per dedupe_key. Returns the stored payload, or None if it was
+        already emitted."""
+        report_id = f"ops_experimenttracker_{new_ulid()}"
+        body = {"report_id": report_id, "bot_id": BOT_ID, "event_type": event_type, **payload,
+                "report_kind": report_kind, "topic": topic}
+        if experiment_id is not None:
+            body.setdefault("experiment_id", experiment_id)
+        result = conn.execute(sa.text(
+            "INSERT INTO operations_reports (report_id, dedupe_key, bot_id, report_kind, topic, event_type, severity, "
+            "experiment_id, payload_json) VALUES (:id, :k, :bot, :kind, :topic, :ev, :sev, :e, :p) "
+            "ON CONFLICT (dedupe_key) DO NOTHING"),
+            {"id": report_id, "k": dedupe_key, "bot": BOT_ID, "kind": report_kind, "topic": topic, "ev": event_type,
+             "sev": severity, "e": experiment_id, "p": json.dumps(body, sort_keys=True)})
+        return body if result.rowcount == 1 else None
+
+    def reports(self, experiment_id: str | None = None, event_type: str | None = None) -> list[dict[str, Any]]:
+        clauses, params = [], {}
+        if experiment_id is not None:
+            clauses.append("experiment_id = :e")
+            params["e"] = experiment_id
+        if event_type is not None:
+            clauses.append("event_type = :t")
+            params["t"] = event_type
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self.begin() as conn:
+            rows = conn.execute(sa.text(f"SELECT payload_json FROM operations_reports{where} ORDER BY created_at, report_id"), params)
+            return [json.loads(r[0]) for r in rows]
+
+    # ---- generic reads used by tests, status and benchmarks --------------------------------------
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.begin() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        with self.begin() as conn:
+            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+
+
+def _conflict_row(line_no: int, fill: Fill, other_line: int, other_file: str) -> QuarantineRow:
+    return QuarantineRow(
+        line_number=line_no, reason_code="REPORT_CONFLICTING_REDELIVERY", report_id=fill.report_id,
+        detail=f"report_id {fill.report_id} was already received with different content ({other_file}:{other_line})",
+        raw_text=json.dumps({c: getattr(fill, c) for c in FILL_COLUMNS if c != "content_sha256"}, sort_keys=True)[:4096])
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.close()
+
+
+def _is_connection_error(exc: sa.exc.OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return any(s in text for s in ("could not connect", "connection refused", "unable to open database", "does not exist",
+                                   "server closed the connection", "timeout expired", "could not translate host"))
+
+
+
+
