@@ -105,11 +105,9 @@ def limited_live_reports(exp: DemoExperiment, rng: np.random.Generator) -> list[
     return out
 
 
-def write_demo(data_dir: Path, *, seed: int = 20260505) -> dict[str, int]:
-    """Write demo declarations and a demo report archive into ``data_dir``; returns line counts."""
+def write_demo(experiments_dir: Path, landing_dir: Path, *, seed: int = 20260505) -> dict[str, int]:
+    """Write demo declarations and a demo report archive; returns report lines written per experiment."""
     rng = np.random.default_rng(seed)
-    experiments_dir = data_dir / "experiments"
-    landing_dir = data_dir / "landing"
     experiments_dir.mkdir(parents=True, exist_ok=True)
     landing_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}

@@ -1,0 +1,164 @@
+"""`experimenttracker` command line: demo, run, status (and, with part 2, signoff).
+
+Exit codes: 0 success; 1 a pipeline run failed; 2 bad settings, bad arguments or an unreachable store (one line
+on stderr saying why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from experimenttracker_pipeline.settings import Settings, SettingsError
+from experimenttracker_pipeline.store import Store, StoreUnavailable
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise CliError(f"bad setting: {exc}") from exc
+
+
+def _store(settings: Settings) -> Store:
+    store = Store(settings.db_url)
+    store.ping()
+    store.migrate()
+    return store
+
+
+def _dagster_instance(settings: Settings):
+    import dagster as dg
+
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        # Runs land in a persistent instance under the data folder, so `dg dev` with the same DAGSTER_HOME
+        # shows the CLI's runs in its history.
+        home = str(settings.data_dir / "dagster_home")
+        os.environ["DAGSTER_HOME"] = home
+    Path(home).mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = None, out=sys.stdout, verbose: bool = False) -> bool:
+    """Run ingestion once, then every (or the named) experiment partition once, in-process through Dagster."""
+    from experimenttracker_pipeline.definitions import build_definitions
+
+    store = _store(settings)
+    instance = _dagster_instance(settings)
+    definitions = build_definitions(settings)
+    ok = True
+    run_config = None if verbose else QUIET_RUN_CONFIG
+    ingest = definitions.resolve_job_def("ingest_job").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config)
+    print(f"ingest_job: {'success' if ingest.success else 'FAILED'} (run {ingest.run_id})", file=out)
+    ok &= ingest.success
+    targets = list(experiment_ids) if experiment_ids else [r["experiment_id"] for r in store.experiment_rows()]
+    experiment_job = definitions.resolve_job_def("experiment_job")
+    for experiment_id in targets:
+        if experiment_id not in instance.get_dynamic_partitions("experiments"):
+            raise CliError(f"unknown experiment {experiment_id!r}: declare it in {settings.experiments_dir}")
+        result = experiment_job.execute_in_process(
+            instance=instance, partition_key=experiment_id, raise_on_error=False, run_config=run_config)
+        print(f"experiment_job[{experiment_id}]: {'success' if result.success else 'FAILED'} (run {result.run_id})", file=out)
+        ok &= result.success
+    return ok
+
+
+def status_rows(store: Store) -> list[dict[str, Any]]:
+    """One row per experiment: identity, sample and orphan counts, and the latest evaluation when there is one."""
+    states = store.pairing_states()
+    latest = store.latest_evaluations() if hasattr(store, "latest_evaluations") else {}
+    rows = []
+    for exp in store.experiment_rows():
+        state = states.get(exp["experiment_id"], {})
+        last_ms = state.get("last_sample_at_ms")
+        row: dict[str, Any] = {
+            "experiment_id": exp["experiment_id"],
+            "mode": exp["mode"],
+            "status": exp["status"],
+            "variant_slug": exp["variant_slug"],
+            "control_slug": exp["control_slug"],
+            "samples": int(state.get("samples", 0)),
+            "orphans": int(state.get("orphan_variant", 0)) + int(state.get("orphan_control", 0)),
+            "orphan_variant_fills": int(state.get("orphan_variant", 0)),
+            "orphan_control_fills": int(state.get("orphan_control", 0)),
+            "last_sample_at": (datetime.fromtimestamp(last_ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+                               if last_ms is not None else None),
+        }
+        row.update(latest.get(exp["experiment_id"], {}))
+        rows.append(row)
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]], out) -> None:
+    columns = ["experiment_id", "mode", "samples", "orphans", "last_sample_at"]
+    extra = [c for c in ("verdict", "ci_method", "ci_95_low", "ci_95_high", "edge_delta_bps", "drift_signalled", "promotion_state")
+             if any(c in r for r in rows)]
+    columns += extra
+    table = [[("" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r[c]))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=out)
+    for t in table:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)), file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="experimenttracker", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="write demo declarations and a demo report archive into the data folder, then run")
+    demo.add_argument("--no-run", action="store_true", help="only write the demo files")
+    run = sub.add_parser("run", help="migrate, load declarations, ingest, pair and evaluate every experiment once")
+    run.add_argument("experiment_ids", nargs="*", help="only these experiment partitions (default: all)")
+    for command in (demo, run):
+        command.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
+    status = sub.add_parser("status", help="one row per experiment")
+    status.add_argument("--json", action="store_true", help="print a JSON array of objects")
+    sub.add_parser("migrate", help="apply pending database migrations and print what ran")
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings()
+        if args.command == "demo":
+            from experimenttracker_pipeline.demo import write_demo
+
+            counts = write_demo(settings.experiments_dir, settings.landing_dir)
+            print(f"demo: wrote {len(counts)} declarations to {settings.experiments_dir} and "
+                  f"{sum(counts.values())} report lines to {settings.landing_dir}")
+            if args.no_run:
+                return 0
+            ok = run_pipeline(settings, verbose=args.verbose)
+            _print_table(status_rows(_store(settings)), sys.stdout)
+            return 0 if ok else 1
+        if args.command == "run":
+            return 0 if run_pipeline(settings, experiment_ids=args.experiment_ids, verbose=args.verbose) else 1
+        if args.command == "status":
+            rows = status_rows(_store(settings))
+            if args.json:
+                print(json.dumps(rows, indent=2, sort_keys=True))
+            else:
+                _print_table(rows, sys.stdout)
+            return 0
+        if args.command == "migrate":
+            applied = _store(settings).migrate()
+            print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+            return 0
+    except (CliError, StoreUnavailable) as exc:
+        print(f"experimenttracker: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Dagster resources: thin handles on the store and the settings, built from the same environment variables
+as the CLI (see `experimenttracker_pipeline.settings`)."""
+
+
+import threading
+from pathlib import Path
+
+import dagster as dg
+
+from experimenttracker_pipeline.store import Store
+
+_STORES: dict[str, Store] = {}
+_LOCK = threading.Lock()
+
+
+def shared_store(db_url: str) -> Store:
+    """One migrated `Store` (one connection pool) per database URL per process."""
+    with _LOCK:
+        store = _STORES.get(db_url)
+        if store is None:
+            store = Store(db_url)
+            store.migrate()
+            _STORES[db_url] = store
+        return store
+
+
+def forget_stores() -> None:
+    """Drop cached stores (tests use fresh databases)."""
+    with _LOCK:
+        for store in _STORES.values():
+            store.dispose()
+        _STORES.clear()
+
+
+class ExperimentStoreResource(dg.ConfigurableResource):
+    """The experiment store (SQLite by default, PostgreSQL in production): EXPERIMENTTRACKER_DB_URL."""
+
+    db_url: str
+
+    def get_store(self) -> Store:
+        return shared_store(self.db_url)
+
+
+class PipelineSettingsResource(dg.ConfigurableResource):
+    """Where declarations and the report bus archive live, and the pairing caliper."""
+
+    landing_dir: str
+    experiments_dir: str
+    caliper_seconds: float = 60.0
+    stall_window_seconds: float = 3600.0
+
+    @property
+    def landing_path(self) -> Path:
+        return Path(self.landing_dir)
+
+    @property
+    def experiments_path(self) -> Path:
+        return Path(self.experiments_dir)
