@@ -38,7 +38,7 @@ def raw_reports(context: dg.AssetExecutionContext, store: ExperimentStoreResourc
                 settings: PipelineSettingsResource) -> dg.MaterializeResult:
     """Fill reports from the report bus archive (`*.jsonl` in the landing folder), each new line read once.
     Invalid lines go to `quarantined_reports` with a reason code; lines read = accepted + duplicates + quarantined."""
-    result = pipeline.ingest_landing(store.get_store(), settings.landing_path, run_id=context.run_id)
+    result = pipeline.ingest_landing(store.get_store(), settings.landing_path, run_id=context.run.run_id)
     if not result.balanced:
         raise dg.Failure(f"ingestion accounting does not balance: {result}")
     reasons = dict(sorted(result.quarantine_reasons.items()))

@@ -3,7 +3,6 @@
 import dagster as dg
 
 from experimenttracker_pipeline.defs.ingestion import experiments, raw_reports
-from experimenttracker_pipeline.defs.partitions import experiment_partitions
 from experimenttracker_pipeline.defs.samples import experiment_samples
 
 ingest_job = dg.define_asset_job(
@@ -16,7 +15,6 @@ ingest_job = dg.define_asset_job(
 experiment_job = dg.define_asset_job(
     "experiment_job",
     selection=dg.AssetSelection.assets(experiment_samples).downstream(),
-    partitions_def=experiment_partitions,
     description="Pair new fills into samples and evaluate one experiment (one partition).",
     tags={"experimenttracker/stage": "experiment"},
 )

@@ -1,0 +1,34 @@
+# One command each: `make demo` runs the whole pipeline on SQLite with generated demo data; `make test` runs the
+# suite (it needs the PostgreSQL server on 127.0.0.1:5432, or EXPERIMENTTRACKER_TEST_PG_URL). Both set up
+# their own virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install dev benchmarks clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/experimenttracker demo
+
+test: $(STAMP)
+	$(BIN)/pytest -n 2 --dist loadfile -q
+
+# The Dagster UI on the same data folder and instance as `make demo`.
+dev: $(STAMP)
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/data/dagster_home} $(BIN)/dagster dev -w workspace.yaml
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/calibration.py
+
+clean:
+	rm -rf data .pytest_cache

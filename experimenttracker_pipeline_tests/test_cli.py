@@ -1,0 +1,60 @@
+"""The console script as a user types it: demo, run, status, and clean failures on bad settings."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experimenttracker_pipeline import cli
+
+
+def _env(tmp_path: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXPERIMENTTRACKER_", "DAGSTER_HOME"))}
+    env.update({"EXPERIMENTTRACKER_DATA_DIR": str(tmp_path / "data"), **extra})
+    return env
+
+
+def _cli(tmp_path, *args, **env):
+    return subprocess.run([sys.executable, "-m", "experimenttracker_pipeline.cli", *args], capture_output=True, text=True,
+                          env=_env(tmp_path, **env), cwd=tmp_path, timeout=600)
+
+
+def test_demo_then_status_json(tmp_path):
+    demo = _cli(tmp_path, "demo")
+    assert demo.returncode == 0, demo.stderr
+    assert "experiment_job[exp_sports_v2]: success" in demo.stdout
+    status = _cli(tmp_path, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    rows = {r["experiment_id"]: r for r in json.loads(status.stdout)}
+    assert rows["exp_sports_v2"]["samples"] == 400 and rows["exp_sports_v2"]["mode"] == "shadow_only"
+    assert rows["exp_weather_small"]["samples"] == 50
+    assert rows["exp_esports_ll"]["orphans"] > 0 and rows["exp_sports_v2"]["last_sample_at"].endswith("Z")
+    # The runs are in the persistent Dagster instance under the data folder (visible to `dg dev`).
+    assert (tmp_path / "data" / "dagster_home").is_dir()
+    rerun = _cli(tmp_path, "run")
+    assert rerun.returncode == 0
+    assert json.loads(_cli(tmp_path, "status", "--json").stdout) == list(rows.values())
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"EXPERIMENTTRACKER_DB_URL": "postgresql://postgres@127.0.0.1:1/nowhere"}, "unreachable"),
+    ({"EXPERIMENTTRACKER_DB_URL": "not a url"}, "bad setting"),
+    ({"EXPERIMENTTRACKER_CALIPER_SECONDS": "soon"}, "bad setting"),
+    ({"EXPERIMENTTRACKER_DB_URL": "mysql://x@localhost/db"}, "unsupported database"),
+])
+def test_bad_settings_exit_nonzero_with_one_line(tmp_path, env, message):
+    result = _cli(tmp_path, "status", **env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_run_unknown_experiment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EXPERIMENTTRACKER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    (tmp_path / "data" / "landing").mkdir(parents=True)
+    assert cli.main(["run", "exp_nope"]) == 2
+    assert "unknown experiment" in capsys.readouterr().err
