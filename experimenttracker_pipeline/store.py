@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import operator
 import secrets
 import sqlite3
 import time
@@ -28,6 +29,7 @@ from experimenttracker_pipeline.settings import BOT_ID, normalise_db_url
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SAMPLE_COLUMNS = SAMPLE_HASH_FIELDS + ("prev_hash", "sample_hash")
 RAW_COLUMNS = FILL_COLUMNS + ("source_file", "source_line")
+_FILL_GETTER = operator.attrgetter(*FILL_COLUMNS)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -200,21 +202,20 @@ class Store:
                 quarantine.append(_conflict_row(line_no, fill, seen[0], source_file))
         with self.begin() as conn:
             if self.dialect == "postgresql":
+                # Ingestion is serialised, so the probe below cannot race another writer of the same ids.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423002)"))
-            self._load_staging(conn, [(line_no, fill) for line_no, fill in first_seen.values()], source_file)
-            known = conn.execute(sa.text(
-                "SELECT s.report_id, r.content_sha256, r.source_file, r.source_line FROM staging_reports s "
-                "JOIN raw_reports r ON r.report_id = s.report_id")).all()
-            for report_id, stored_sha, stored_file, stored_line in known:
-                line_no, fill = first_seen[report_id]
-                if stored_sha == fill.content_sha256:
+            known = self._known_reports(conn, list(first_seen))
+            new_fills: list[tuple[int, Fill]] = []
+            for report_id, (line_no, fill) in first_seen.items():
+                stored = known.get(report_id)
+                if stored is None:
+                    new_fills.append((line_no, fill))
+                elif stored[0] == fill.content_sha256:
                     duplicates += 1
                 else:
-                    quarantine.append(_conflict_row(line_no, fill, stored_line, stored_file))
-            accepted = conn.execute(sa.text(
-                f"INSERT INTO raw_reports ({', '.join(RAW_COLUMNS)}) SELECT {', '.join(RAW_COLUMNS)} FROM staging_reports s "
-                "WHERE NOT EXISTS (SELECT 1 FROM raw_reports r WHERE r.report_id = s.report_id)")).rowcount
-            conn.execute(sa.text("DELETE FROM staging_reports"))
+                    quarantine.append(_conflict_row(line_no, fill, stored[2], stored[1]))
+            self._insert_reports(conn, new_fills, source_file)
+            accepted = len(new_fills)
             if quarantine:
                 conn.execute(sa.text(
                     "INSERT INTO quarantined_reports (source_file, line_number, report_id, reason_code, detail, raw_text) "
@@ -245,25 +246,40 @@ class Store:
         with self.begin() as conn:
             self._set_landing_offset(conn, path, 0, lines_read, 0)
 
-    def _load_staging(self, conn: Connection, fills: Sequence[tuple[int, Fill]], source_file: str) -> None:
+    def _known_reports(self, conn: Connection, report_ids: list[str]) -> dict[str, tuple[str, str, int]]:
+        """report_id -> (content_sha256, source_file, source_line) for the ids already stored: one indexed probe."""
+        known: dict[str, tuple[str, str, int]] = {}
+        if not report_ids:
+            return known
         if self.dialect == "postgresql":
-            conn.exec_driver_sql(
-                "CREATE TEMP TABLE IF NOT EXISTS staging_reports (LIKE raw_reports INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            rows = conn.execute(sa.text("SELECT report_id, content_sha256, source_file, source_line FROM raw_reports "
+                                        "WHERE report_id = ANY(:ids)"), {"ids": report_ids})
+            known.update((r[0], (r[1], r[2], r[3])) for r in rows)
+            return known
+        query = sa.text("SELECT report_id, content_sha256, source_file, source_line FROM raw_reports "
+                        "WHERE report_id IN :ids").bindparams(sa.bindparam("ids", expanding=True))
+        for start in range(0, len(report_ids), 5_000):  # stay under SQLite's bound-variable limit
+            rows = conn.execute(query, {"ids": report_ids[start:start + 5_000]})
+            known.update((r[0], (r[1], r[2], r[3])) for r in rows)
+        return known
+
+    def _insert_reports(self, conn: Connection, fills: Sequence[tuple[int, Fill]], source_file: str) -> None:
+        if not fills:
+            return
+        if self.dialect == "postgresql":
             buffer = io.StringIO()
             writer = csv.writer(buffer)
-            for line_no, fill in fills:
-                writer.writerow([_csv_value(getattr(fill, c)) for c in FILL_COLUMNS] + [source_file, line_no])
+            fields = _FILL_GETTER
+            # CSV's NULL is an unquoted empty field (what csv writes for None); validation rejects empty strings,
+            # so no real value can be mistaken for NULL. Floats are written with repr, which round-trips exactly.
+            writer.writerows((*fields(fill), source_file, line_no) for line_no, fill in fills)
             buffer.seek(0)
             cursor = conn.connection.driver_connection.cursor()
-            cursor.copy_expert(
-                f"COPY staging_reports ({', '.join(RAW_COLUMNS)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+            cursor.copy_expert(f"COPY raw_reports ({', '.join(RAW_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buffer)
         else:
-            conn.exec_driver_sql(
-                "CREATE TEMP TABLE IF NOT EXISTS staging_reports AS SELECT * FROM raw_reports WHERE 0")
-            conn.exec_driver_sql("DELETE FROM staging_reports")
             placeholders = ", ".join("?" for _ in RAW_COLUMNS)
             conn.connection.driver_connection.cursor().executemany(
-                f"INSERT INTO staging_reports ({', '.join(RAW_COLUMNS)}) VALUES ({placeholders})",
+                f"INSERT INTO raw_reports ({', '.join(RAW_COLUMNS)}) VALUES ({placeholders})",
                 [tuple(getattr(fill, c) for c in FILL_COLUMNS) + (source_file, line_no) for line_no, fill in fills])
 
     # ---- samples ---------------------------------------------------------------------------------
@@ -299,11 +315,10 @@ class Store:
         if self.dialect == "postgresql":
             buffer = io.StringIO()
             writer = csv.writer(buffer)
-            for row in rows:
-                writer.writerow([_csv_value(row[c]) for c in SAMPLE_COLUMNS])
+            writer.writerows([row[c] for c in SAMPLE_COLUMNS] for row in rows)
             buffer.seek(0)
             cursor = conn.connection.driver_connection.cursor()
-            cursor.copy_expert(f"COPY experiment_samples ({', '.join(SAMPLE_COLUMNS)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+            cursor.copy_expert(f"COPY experiment_samples ({', '.join(SAMPLE_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buffer)
         else:
             placeholders = ", ".join("?" for _ in SAMPLE_COLUMNS)
             conn.connection.driver_connection.cursor().executemany(
@@ -402,16 +417,6 @@ def _conflict_row(line_no: int, fill: Fill, other_line: int, other_file: str) ->
         line_number=line_no, reason_code="REPORT_CONFLICTING_REDELIVERY", report_id=fill.report_id,
         detail=f"report_id {fill.report_id} was already received with different content ({other_file}:{other_line})",
         raw_text=json.dumps({c: getattr(fill, c) for c in FILL_COLUMNS if c != "content_sha256"}, sort_keys=True)[:4096])
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return "\\N"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return value
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

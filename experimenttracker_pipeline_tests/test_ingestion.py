@@ -98,3 +98,12 @@ def test_rotated_file_is_reread_without_double_counting(store, workdirs):
 def test_missing_landing_folder_is_bus_unavailable(store, tmp_path):
     with pytest.raises(pipeline.ReportBusUnavailable):
         pipeline.ingest_landing(store, tmp_path / "nope")
+
+
+def test_values_that_look_like_copy_nulls_survive(store, workdirs):
+    write_jsonl(workdirs["landing"] / "a.jsonl", [fill("n1", "\\N", "shadow", "\\N", covariates={"note": ""}),
+                                                  fill("n2", "v-slug", "shadow", "k,\"2\"", market="m\n".strip())])
+    assert _ingest(store, workdirs["landing"]).accepted == 2
+    row = store.rows("SELECT strategy_slug, pair_key, covariates_json FROM raw_reports WHERE report_id = 'n1'")[0]
+    assert row == {"strategy_slug": "\\N", "pair_key": "\\N", "covariates_json": '{"note":""}'}
+    assert store.scalar("SELECT pair_key FROM raw_reports WHERE report_id = 'n2'") == 'k,"2"'

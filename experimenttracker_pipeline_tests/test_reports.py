@@ -96,3 +96,37 @@ def test_sql_looking_slug_is_just_data():
 def test_bounded_raw_text_is_storable():
     text = r.bounded_raw_text(b"a\x00b" + b"c" * 10_000)
     assert len(text) <= r.MAX_RAW_TEXT + 10 and "\x00" not in text
+
+
+# ---- the fast path must agree with the detailed validator --------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 2 * 10 ** 12), st.floats(allow_nan=True, allow_infinity=True),
+                     st.text(max_size=3), st.sampled_from(["live", "shadow", "replay", "FILL", "OperationsReport", "x" * 129]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(changes=st.dictionaries(st.sampled_from(sorted(set(GOOD) | {"covariates"})), st.one_of(
+    _scalars, st.dictionaries(st.text(max_size=4), _scalars, max_size=3))), drop=st.sets(st.sampled_from(sorted(GOOD))))
+def test_fast_path_agrees_with_detailed_validator(changes, drop):
+    record = {k: v for k, v in {**GOOD, **changes}.items() if k not in drop}
+    try:
+        line = json.dumps(record, allow_nan=True)
+    except (TypeError, ValueError):
+        return
+    detailed = None
+    try:
+        obj = json.loads(line, parse_constant=r._reject_constant)
+        detailed = r._validate_object(obj)
+    except r._Invalid:
+        pass
+    got = r.validate_line(line)
+    if detailed is None:
+        assert isinstance(got, r.Rejection)
+    else:
+        assert got == detailed
+
+
+def test_literal_backslash_n_is_data_not_null():
+    out = r.validate_line(_with(strategy_slug="\\N"))
+    assert isinstance(out, r.Fill) and out.strategy_slug == "\\N"

@@ -100,7 +100,7 @@ def _reject_constant(name: str) -> float:
     raise _Invalid(REPORT_NON_FINITE_NUMBER, f"JSON constant {name} is not a finite number")
 
 
-def _text(obj: dict, key: str, *, required: bool = True, max_len: int = MAX_ID_LENGTH) -> str | None:
+def _text(obj: dict, key: str, *, required: bool = True, max_len: int = MAX_ID_LENGTH, may_have_control: bool = True) -> str | None:
     value = obj.get(key)
     if value is None:
         if required:
@@ -112,7 +112,7 @@ def _text(obj: dict, key: str, *, required: bool = True, max_len: int = MAX_ID_L
         raise _Invalid(REPORT_MISSING_FIELD, f"{key} is empty")
     if len(value) > max_len:
         raise _Invalid(REPORT_FIELD_TOO_LONG, f"{key} is {len(value)} characters (max {max_len})")
-    if _CONTROL.search(value):
+    if may_have_control and _CONTROL.search(value):
         raise _Invalid(REPORT_CONTROL_CHARACTERS, f"{key} contains control characters")
     return value
 
@@ -162,11 +162,11 @@ def _covariates(obj: dict) -> str | None:
     return json.dumps(clean, sort_keys=True, separators=(",", ":"))
 
 
-def _validate_object(obj: dict) -> Fill:
+def _validate_object(obj: dict, may_have_control: bool = True) -> Fill:
     for key in REQUIRED:
-        if key not in obj or obj[key] is None:
+        if obj.get(key) is None:
             raise _Invalid(REPORT_MISSING_FIELD, f"missing field {key}")
-    ids = {key: _text(obj, key) for key in ID_FIELDS}
+    ids = {key: _text(obj, key, may_have_control=may_have_control) for key in ID_FIELDS}
     report_kind = _text(obj, "report_kind")
     event_type = _text(obj, "event_type")
     if report_kind != "OperationsReport" or event_type != "FILL":
@@ -186,11 +186,15 @@ def _validate_object(obj: dict) -> Fill:
     recorded = int(recorded)
     if not MIN_EPOCH_MS <= recorded <= MAX_EPOCH_MS:
         raise _Invalid(REPORT_OUT_OF_RANGE, f"recorded_at_ms={recorded} is not epoch milliseconds between 2001 and 2100")
-    experiment_id = _text(obj, "experiment_id", required=False)
+    experiment_id = _text(obj, "experiment_id", required=False, may_have_control=may_have_control)
     fill_quality = _unit_interval(obj, "fill_quality")
     propensity = _unit_interval(obj, "assignment_propensity")
     covariates_json = _covariates(obj)
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # Two deliveries are "the same report" when every stored field is equal (key order, whitespace and 1 vs 1.0
+    # do not matter), so the digest is taken over the validated values rather than the raw bytes.
+    canonical = repr((report_kind, event_type, ids["topic"], ids["bot_id"], ids["strategy_slug"], mode, ids["pair_key"],
+                      ids["market_id"], numbers["size_pusd"], numbers["notional_pusd"], numbers["edge_pusd"],
+                      numbers["slippage_bps"], recorded, experiment_id, fill_quality, propensity, covariates_json))
     return Fill(
         report_id=ids["report_id"], report_kind=report_kind, event_type=event_type, topic=ids["topic"],
         bot_id=ids["bot_id"], strategy_slug=ids["strategy_slug"], mode=mode, pair_key=ids["pair_key"],
@@ -200,6 +204,59 @@ def _validate_object(obj: dict) -> Fill:
         covariates_json=covariates_json,
         content_sha256=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
     )
+
+
+_FINITE = math.isfinite
+
+
+def _fast_fill(obj: dict, may_have_control: bool) -> Fill | None:
+    """The common case, checked in one pass: a fully valid fill. Returns None at the first doubt, and the
+    detailed validator then names the reason (so both paths must agree on what is valid)."""
+    g = obj.get
+    ids = [g(k) for k in ID_FIELDS]
+    for value in ids:
+        if type(value) is not str or not 0 < len(value) <= MAX_ID_LENGTH:
+            return None
+    if g("report_kind") != "OperationsReport" or g("event_type") != "FILL" or g("mode") not in MODES:
+        return None
+    nums = [g(k) for k in NUMBER_FIELDS]
+    for value in nums:
+        if type(value) not in (int, float) or not _FINITE(value):
+            return None
+    size, notional, edge, slippage = (float(v) for v in nums)
+    recorded = g("recorded_at_ms")
+    if type(recorded) is not int or not MIN_EPOCH_MS <= recorded <= MAX_EPOCH_MS or size <= 0 or notional <= 0:
+        return None
+    experiment_id, quality, propensity, covariates = g("experiment_id"), g("fill_quality"), g("assignment_propensity"), g("covariates")
+    if experiment_id is not None and (type(experiment_id) is not str or not 0 < len(experiment_id) <= MAX_ID_LENGTH):
+        return None
+    for value in (quality, propensity):
+        if value is not None and (type(value) not in (int, float) or not 0.0 <= value <= 1.0):
+            return None
+    if may_have_control:
+        return None
+    covariates_json = None
+    if covariates is not None:
+        if type(covariates) is not dict or len(covariates) > MAX_COVARIATES:
+            return None
+        for key, value in covariates.items():
+            kind = type(value)
+            if not 0 < len(key) <= MAX_ID_LENGTH:
+                return None
+            if kind is str:
+                if len(value) > MAX_ID_LENGTH:
+                    return None
+            elif kind not in (int, float) or not _FINITE(value):
+                return None
+        covariates_json = json.dumps(covariates, sort_keys=True, separators=(",", ":"))
+    report_id, topic, bot_id, slug, pair_key, market_id = ids
+    quality = float(quality) if quality is not None else None
+    propensity = float(propensity) if propensity is not None else None
+    canonical = repr(("OperationsReport", "FILL", topic, bot_id, slug, g("mode"), pair_key, market_id, size, notional,
+                      edge, slippage, recorded, experiment_id, quality, propensity, covariates_json))
+    return Fill(report_id, "OperationsReport", "FILL", topic, bot_id, slug, g("mode"), pair_key, market_id, size,
+                notional, edge, slippage, recorded, experiment_id, quality, propensity, covariates_json,
+                hashlib.sha256(canonical.encode("utf-8")).hexdigest())
 
 
 def validate_line(raw: bytes | str) -> Fill | Rejection:
@@ -228,8 +285,13 @@ def validate_line(raw: bytes | str) -> Fill | Rejection:
     report_id = obj.get("report_id") if isinstance(obj.get("report_id"), str) else None
     if report_id is not None and (len(report_id) > MAX_ID_LENGTH or _CONTROL.search(report_id)):
         report_id = None  # never store an unbounded or control-laden id in the quarantine's id column
+    # JSON forbids raw control characters in strings, so they can only arrive escaped (a backslash) or as DEL.
+    may_have_control = "\\" in text or "\x7f" in text
+    fast = _fast_fill(obj, may_have_control)
+    if fast is not None:
+        return fast
     try:
-        return _validate_object(obj)
+        return _validate_object(obj, may_have_control)
     except _Invalid as exc:
         return Rejection(exc.code, exc.detail, report_id)
 
