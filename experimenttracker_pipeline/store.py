@@ -29,6 +29,16 @@ from experimenttracker_pipeline.settings import BOT_ID, normalise_db_url
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SAMPLE_COLUMNS = SAMPLE_HASH_FIELDS + ("prev_hash", "sample_hash")
 RAW_COLUMNS = FILL_COLUMNS + ("source_file", "source_line")
+METRIC_COLUMNS = ("edge_delta_bps", "slippage_delta_bps", "fill_quality_delta")
+
+
+def _metric(column: str) -> str:
+    # Column names cannot be bound parameters: only these known names are ever interpolated.
+    if column not in METRIC_COLUMNS:
+        raise ValueError(f"unknown metric column {column!r}")
+    return column
+
+
 _FILL_GETTER = operator.attrgetter(*FILL_COLUMNS)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -412,6 +422,115 @@ class Store:
             return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
 
 
+    # ---- decisions: evaluations, causal estimates, verdicts --------------------------------------------
+    def delta_stats(self, experiment_id: str, column: str = "edge_delta_bps") -> tuple[int, float, float]:
+        """(n, sum, sum of squares) of one metric over an experiment's samples, aggregated in the database."""
+        col = _metric(column)
+        row = self.rows(f"SELECT COUNT({col}) AS n, COALESCE(SUM({col}), 0) AS s, COALESCE(SUM({col} * {col}), 0) AS ss "
+                         f"FROM experiment_samples WHERE experiment_id = :e", e=experiment_id)[0]
+        return int(row["n"]), float(row["s"]), float(row["ss"])
+
+
+    def winsorized_delta_stats(self, experiment_id: str, pct: float, column: str = "edge_delta_bps") -> dict[str, Any] | None:
+        """Statistics of the metric clipped at its ``pct`` and ``100 - pct`` percentiles (linear interpolation, as
+        numpy and PostgreSQL's percentile_cont), computed in the database: two ordered probes and one aggregate."""
+        col = _metric(column)
+        n = int(self.scalar(f"SELECT COUNT({col}) FROM experiment_samples WHERE experiment_id = :e", e=experiment_id))
+        if n == 0:
+            return None
+
+        def quantile(q: float) -> float:
+            position = q * (n - 1)
+            lower = int(position)
+            values = [r["v"] for r in self.rows(
+                f"SELECT {col} AS v FROM experiment_samples WHERE experiment_id = :e AND {col} IS NOT NULL "
+                f"ORDER BY {col} LIMIT 2 OFFSET :o", e=experiment_id, o=lower)]
+            if len(values) == 1 or position == lower:
+                return float(values[0])
+            return float(values[0] + (values[1] - values[0]) * (position - lower))
+
+        lo, hi = quantile(pct / 100.0), quantile(1 - pct / 100.0)
+        clipped = f"(CASE WHEN {col} < :lo THEN :lo WHEN {col} > :hi THEN :hi ELSE {col} END)"
+        row = self.rows(
+            f"SELECT COUNT({col}) AS n, SUM({clipped}) AS s, SUM({clipped} * {clipped}) AS ss, "
+            f"SUM(CASE WHEN {col} < :lo OR {col} > :hi THEN 1 ELSE 0 END) AS k "
+            f"FROM experiment_samples WHERE experiment_id = :e AND {col} IS NOT NULL", e=experiment_id, lo=lo, hi=hi)[0]
+        return {"n": int(row["n"]), "total": float(row["s"]), "total_sq": float(row["ss"]), "lower": lo, "upper": hi,
+                "n_clipped": int(row["k"]), "pct": pct}
+
+
+    def arm_fill_counts(self, exp: Mapping[str, Any]) -> tuple[int, int]:
+        """Live fills routed to the variant and to the control since the experiment started (for the SRM check)."""
+        row = self.rows(
+            "SELECT SUM(CASE WHEN strategy_slug = :v THEN 1 ELSE 0 END) AS nv, SUM(CASE WHEN strategy_slug = :c THEN 1 ELSE 0 END) AS nc "
+            "FROM raw_reports WHERE mode = 'live' AND strategy_slug IN (:v, :c) AND recorded_at_ms >= :t "
+            "AND (experiment_id IS NULL OR experiment_id = :e)",
+            v=exp["variant_slug"], c=exp["control_slug"], t=exp["started_at_ms"], e=exp["experiment_id"])[0]
+        return int(row["nv"] or 0), int(row["nc"] or 0)
+
+
+    def experiment_fills(self, exp: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Live fills of both arms (limited-live causal analysis): treatment flag, outcome in bps, propensity, covariates."""
+        return self.rows(
+            "SELECT report_id, CASE WHEN strategy_slug = :v THEN 1 ELSE 0 END AS treatment, "
+            "edge_pusd / notional_pusd * 10000.0 AS outcome_bps, assignment_propensity AS propensity, covariates_json, "
+            "market_id, recorded_at_ms FROM raw_reports WHERE mode = 'live' AND strategy_slug IN (:v, :c) "
+            "AND recorded_at_ms >= :t AND (experiment_id IS NULL OR experiment_id = :e) ORDER BY recorded_at_ms, report_id",
+            v=exp["variant_slug"], c=exp["control_slug"], t=exp["started_at_ms"], e=exp["experiment_id"])
+
+
+    def sample_deltas_with_covariates(self, experiment_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT edge_delta_bps, covariates_json FROM experiment_samples WHERE experiment_id = :e ORDER BY sample_n",
+                          e=experiment_id)
+
+
+    def look_sample_counts(self, experiment_id: str) -> list[int]:
+        return [int(r["samples"]) for r in self.rows(
+            "SELECT DISTINCT samples FROM experiment_evaluations WHERE experiment_id = :e ORDER BY samples", e=experiment_id)]
+
+
+    def _insert_returning_id(self, conn: Connection, table: str, row: Mapping[str, Any]) -> int:
+        columns = ", ".join(row)
+        values = ", ".join(f":{k}" for k in row)
+        return int(conn.execute(sa.text(f"INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING id"), dict(row)).scalar())
+
+
+    def insert_evaluation(self, experiment_id: str, evaluation: Mapping[str, Any]) -> int:
+        with self.begin() as conn:
+            return self._insert_returning_id(conn, "experiment_evaluations", {
+                "experiment_id": experiment_id, "samples": evaluation["samples"], "verdict": evaluation["verdict"],
+                "ci_method": evaluation["ci_method"], "ci_95_low": evaluation.get("ci_95_low"),
+                "ci_95_high": evaluation.get("ci_95_high"), "fixed_ci_95_low": evaluation.get("fixed_ci_95_low"),
+                "fixed_ci_95_high": evaluation.get("fixed_ci_95_high"), "edge_delta_bps": evaluation.get("edge_delta_bps"),
+                "p_value": evaluation.get("p_value"), "power": evaluation.get("power"),
+                "drift_signalled": bool(evaluation.get("drift_signalled")),
+                "evaluation_json": json.dumps(evaluation, sort_keys=True)})
+
+
+    def latest_row(self, table: str, experiment_id: str) -> dict[str, Any] | None:
+        if table not in ("experiment_evaluations", "causal_estimates", "experiment_verdicts"):
+            raise ValueError(table)
+        rows = self.rows(f"SELECT * FROM {table} WHERE experiment_id = :e ORDER BY id DESC LIMIT 1", e=experiment_id)
+        return rows[0] if rows else None
+
+
+    def insert_causal(self, experiment_id: str, samples: int, fills: int, result: Mapping[str, Any]) -> int:
+        with self.begin() as conn:
+            return self._insert_returning_id(conn, "causal_estimates", {
+                "experiment_id": experiment_id, "samples": samples, "fills": fills, "result_json": json.dumps(result, sort_keys=True)})
+
+
+    def last_reported_verdict(self, experiment_id: str) -> dict[str, Any] | None:
+        rows = self.rows("SELECT verdict_json FROM experiment_verdicts WHERE experiment_id = :e AND report_id IS NOT NULL "
+                          "ORDER BY id DESC LIMIT 1", e=experiment_id)
+        return json.loads(rows[0]["verdict_json"]) if rows else None
+
+
+    def latest_result_report_id(self, experiment_id: str) -> str | None:
+        return self.scalar("SELECT report_id FROM experiment_verdicts WHERE experiment_id = :e AND report_id IS NOT NULL "
+                            "ORDER BY id DESC LIMIT 1", e=experiment_id)
+
+
 def _conflict_row(line_no: int, fill: Fill, other_line: int, other_file: str) -> QuarantineRow:
     return QuarantineRow(
         line_number=line_no, reason_code="REPORT_CONFLICTING_REDELIVERY", report_id=fill.report_id,
@@ -431,7 +550,3 @@ def _is_connection_error(exc: sa.exc.OperationalError) -> bool:
     text = str(exc.orig).lower()
     return any(s in text for s in ("could not connect", "connection refused", "unable to open database", "does not exist",
                                    "server closed the connection", "timeout expired", "could not translate host"))
-
-
-
-

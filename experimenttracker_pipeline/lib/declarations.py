@@ -64,6 +64,7 @@ class ExperimentDeclaration:
     planned_max_samples: int | None = None
     mde_bps: float | None = None
     winsorize_pct: float | None = None
+    expected_sd_bps: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -192,13 +193,17 @@ def parse_declaration(raw: Any, source: str, *, default_caliper_seconds: float =
     looks = _number(raw, "planned_looks", source, None, integer=True)
     max_samples = _number(raw, "planned_max_samples", source, None, integer=True)
     if ci_method == "group_sequential" and (not looks or not max_samples or looks < 1 or max_samples < 2):
+        # Information fractions need a fixed denominator declared before the data arrive.
         raise DeclarationError(source, "planned_looks", "group_sequential needs planned_looks >= 1 and planned_max_samples")
     mde = _number(raw, "mde_bps", source, None)
     if mde is not None and mde <= 0:
         raise DeclarationError(source, "mde_bps", "must be > 0")
     winsor = _number(raw, "winsorize_pct", source, None)
-    if winsor is not None and not 50 < winsor < 100:
-        raise DeclarationError(source, "winsorize_pct", "must be a percentile in (50, 100), e.g. 99")
+    if winsor is not None and not 0 < winsor < 50:
+        raise DeclarationError(source, "winsorize_pct", "must be a tail percentage in (0, 50), e.g. 1 clips at the 1st and 99th percentiles")
+    expected_sd = _number(raw, "expected_sd_bps", source, None)
+    if expected_sd is not None and expected_sd <= 0:
+        raise DeclarationError(source, "expected_sd_bps", "must be > 0")
     return ExperimentDeclaration(
         experiment_id=experiment_id,
         principal=principal,
@@ -219,6 +224,7 @@ def parse_declaration(raw: Any, source: str, *, default_caliper_seconds: float =
         planned_max_samples=max_samples,
         mde_bps=mde,
         winsorize_pct=winsor,
+        expected_sd_bps=expected_sd,
         raw=dict(raw),
     )
 
