@@ -79,8 +79,12 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
 
 def status_rows(store: Store) -> list[dict[str, Any]]:
     """One row per experiment: identity, sample and orphan counts, and the latest evaluation when there is one."""
+    from experimenttracker_pipeline import decisions
+
     states = store.pairing_states()
-    latest = store.latest_evaluations() if hasattr(store, "latest_evaluations") else {}
+    verdicts = store.latest_verdicts()
+    causal = store.latest_causal_all()
+    signals = {s["experiment_id"]: s for s in store.signals()}
     rows = []
     for exp in store.experiment_rows():
         state = states.get(exp["experiment_id"], {})
@@ -98,9 +102,30 @@ def status_rows(store: Store) -> list[dict[str, Any]]:
             "last_sample_at": (datetime.fromtimestamp(last_ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
                                if last_ms is not None else None),
         }
-        row.update(latest.get(exp["experiment_id"], {}))
+        verdict_row = verdicts.get(exp["experiment_id"])
+        if verdict_row is not None:
+            v = json.loads(verdict_row["verdict_json"])
+            row.update({key: v.get(key) for key in (
+                "verdict", "ci_95_low", "ci_95_high", "fixed_ci_95_low", "fixed_ci_95_high", "edge_delta_bps", "p_value",
+                "power", "reason_codes", "plain_english")})
+            row["samples_evaluated"] = v.get("samples")
+            row["ci_method"] = v.get("basis")
+            row["drift_signalled"] = exp["experiment_id"] in signals
+            signal = signals.get(exp["experiment_id"])
+            row["drift_delivery"] = signal["delivery_status"] if signal else None
+            row["verdict_report_id"] = store.latest_result_report_id(exp["experiment_id"])
+            row["promotion_state"] = decisions.promotion_state(store, exp["experiment_id"]).state
+        if exp["experiment_id"] in causal:
+            row["causal"] = _causal_summary(json.loads(causal[exp["experiment_id"]]["result_json"]))
         rows.append(row)
     return rows
+
+
+def _causal_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The `causal` object of `status --json` (issue 5 shape)."""
+    keep = ("naive_diff_bps", "ipw", "aipw", "paired", "overlap", "segments", "harmed_segments", "warnings",
+            "propensity_source", "verdict_basis", "seed")
+    return {key: result[key] for key in keep if key in result}
 
 
 def _print_table(rows: list[dict[str, Any]], out) -> None:
@@ -127,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = sub.add_parser("status", help="one row per experiment")
     status.add_argument("--json", action="store_true", help="print a JSON array of objects")
     sub.add_parser("migrate", help="apply pending database migrations and print what ran")
+    signoff = sub.add_parser("signoff", help="record a human sign-off of one verdict report (and run the promotion gate)")
+    signoff.add_argument("experiment_id")
+    signoff.add_argument("--approver", required=True, help="who signs off")
+    signoff.add_argument("--report", required=True, dest="report_id", help="the EXPERIMENT_RESULT report_id approved")
+    signoff.add_argument("--note", default=None)
     args = parser.parse_args(argv)
     try:
         settings = _settings()
@@ -149,6 +179,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(rows, indent=2, sort_keys=True))
             else:
                 _print_table(rows, sys.stdout)
+            return 0
+        if args.command == "signoff":
+            from experimenttracker_pipeline import decisions
+
+            store = _store(settings)
+            try:
+                record = decisions.record_signoff(store, args.experiment_id, args.approver, args.report_id, args.note)
+            except decisions.SignoffError as exc:
+                raise CliError(str(exc)) from exc
+            result = decisions.promotion_state(store, args.experiment_id, apply=True)
+            print(f"signed off {args.report_id} ({record['verdict']}) for {args.experiment_id} by {record['approver']}; "
+                  f"promotion: {result.state} ({result.reason_code}: {result.detail})")
             return 0
         if args.command == "migrate":
             applied = _store(settings).migrate()

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import dagster as dg
 
+from experimenttracker_pipeline.defs.decisions import (
+    causal_estimates, confidence_intervals, drift_signals, promotions, promotions_have_signoff, signoff_job, verdicts,
+)
 from experimenttracker_pipeline.defs.ingestion import experiments, raw_reports
 from experimenttracker_pipeline.defs.jobs import experiment_job, ingest_job
-from experimenttracker_pipeline.defs.resources import ExperimentStoreResource, PipelineSettingsResource
+from experimenttracker_pipeline.defs.resources import (
+    ExperimentStoreResource, PipelineSettingsResource, StrategyRegistryResource,
+)
 from experimenttracker_pipeline.defs.samples import experiment_samples, samples_hash_chain_intact
 from experimenttracker_pipeline.settings import Settings
 
-ASSETS = [experiments, raw_reports, experiment_samples]
-ASSET_CHECKS = [samples_hash_chain_intact]
-JOBS = [ingest_job, experiment_job]
+ASSETS = [experiments, raw_reports, experiment_samples, confidence_intervals, causal_estimates, verdicts, drift_signals,
+          promotions]
+ASSET_CHECKS = [samples_hash_chain_intact, promotions_have_signoff]
+JOBS = [ingest_job, experiment_job, signoff_job]
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -21,6 +27,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "settings": PipelineSettingsResource(
             landing_dir=str(settings.landing_dir), experiments_dir=str(settings.experiments_dir),
             caliper_seconds=settings.caliper_seconds, stall_window_seconds=settings.stall_window_seconds),
+        "registry": StrategyRegistryResource(url=settings.registry_url),
     }
 
 

@@ -48,6 +48,7 @@ class Settings:
     experiments_dir: Path
     caliper_seconds: float
     stall_window_seconds: float
+    registry_url: str | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -64,4 +65,5 @@ class Settings:
             experiments_dir=Path(experiments).resolve() if experiments else data_dir / "experiments",
             caliper_seconds=_float_env("EXPERIMENTTRACKER_CALIPER_SECONDS", 60.0),
             stall_window_seconds=_float_env("EXPERIMENTTRACKER_STALL_WINDOW_SECONDS", 3600.0),
+            registry_url=os.environ.get("EXPERIMENTTRACKER_REGISTRY_URL") or None,
         )

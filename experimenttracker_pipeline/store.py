@@ -29,14 +29,21 @@ from experimenttracker_pipeline.settings import BOT_ID, normalise_db_url
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SAMPLE_COLUMNS = SAMPLE_HASH_FIELDS + ("prev_hash", "sample_hash")
 RAW_COLUMNS = FILL_COLUMNS + ("source_file", "source_line")
-METRIC_COLUMNS = ("edge_delta_bps", "slippage_delta_bps", "fill_quality_delta")
+# Per-sample metrics of the evaluation surface, as SQL expressions over experiment_samples.
+METRIC_EXPRESSIONS = {
+    "edge_delta_bps": "edge_delta_bps",
+    "slippage_delta_bps": "slippage_delta_bps",
+    "fill_quality_delta": "fill_quality_delta",
+    "fill_size_ratio": "(variant_fill_pusd / control_fill_pusd)",
+}
+METRIC_COLUMNS = tuple(METRIC_EXPRESSIONS)
 
 
 def _metric(column: str) -> str:
-    # Column names cannot be bound parameters: only these known names are ever interpolated.
-    if column not in METRIC_COLUMNS:
-        raise ValueError(f"unknown metric column {column!r}")
-    return column
+    # Expressions cannot be bound parameters: only these known ones are ever interpolated.
+    if column not in METRIC_EXPRESSIONS:
+        raise ValueError(f"unknown metric {column!r}")
+    return METRIC_EXPRESSIONS[column]
 
 
 _FILL_GETTER = operator.attrgetter(*FILL_COLUMNS)
@@ -422,6 +429,120 @@ class Store:
             return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
 
 
+    # ---- governance (issue 6): contracts, approvals, assignment log, EvalTrace inputs ------- BEGIN governance
+    # Used by governance_ops.py; tables from sql/<dialect>/0003_governance.sql.
+    def record_contract_row(self, row: Mapping[str, Any]) -> bool:
+        """Insert one experiment contract (idempotent on (experiment_id, contract_digest)); True if new."""
+        with self.begin() as conn:
+            result = conn.execute(sa.text(
+                "INSERT INTO experiment_contracts (experiment_id, contract_digest, contract_json, risk_level, required_roles) "
+                "VALUES (:experiment_id, :contract_digest, :contract_json, :risk_level, :required_roles) "
+                "ON CONFLICT (experiment_id, contract_digest) DO NOTHING"), dict(row))
+            return result.rowcount == 1
+
+    def contract_rows(self, experiment_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT id, experiment_id, contract_digest, contract_json, risk_level, required_roles, recorded_at "
+                         "FROM experiment_contracts WHERE experiment_id = :e ORDER BY id", e=experiment_id)
+
+    def insert_approval(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Append one approval; the same (experiment, digest, role, approver) again returns the stored row.
+        Returns (row, newly_inserted)."""
+        with self.begin() as conn:
+            result = conn.execute(sa.text(
+                "INSERT INTO approvals (experiment_id, contract_digest, approver, role, note) "
+                "VALUES (:experiment_id, :contract_digest, :approver, :role, :note) "
+                "ON CONFLICT (experiment_id, contract_digest, role, approver) DO NOTHING"), dict(row))
+            stored = conn.execute(sa.text(
+                "SELECT id, experiment_id, contract_digest, approver, role, approved_at, note FROM approvals "
+                "WHERE experiment_id = :experiment_id AND contract_digest = :contract_digest AND role = :role "
+                "AND approver = :approver"), dict(row)).mappings().one()
+            return dict(stored), result.rowcount == 1
+
+    def approval_rows(self, experiment_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT id, experiment_id, contract_digest, approver, role, approved_at, note FROM approvals "
+                         "WHERE experiment_id = :e ORDER BY id", e=experiment_id)
+
+    def append_assignments(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Append assignment records in one bulk statement (PostgreSQL COPY, SQLite executemany). Never updates."""
+        if not rows:
+            return 0
+        columns = ("experiment_id", "contract_digest", "unit_id", "variant", "bucket", "reason", "detail")
+        with self.begin() as conn:
+            if self.dialect == "postgresql":
+                buffer = io.StringIO()
+                # NULL is an unquoted empty field; detail is never the empty string (it names a market/unit/principal).
+                csv.writer(buffer).writerows([row[c] for c in columns] for row in rows)
+                buffer.seek(0)
+                conn.connection.driver_connection.cursor().copy_expert(
+                    f"COPY assignments ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer)
+            else:
+                conn.connection.driver_connection.cursor().executemany(
+                    f"INSERT INTO assignments ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                    [tuple(row[c] for c in columns) for row in rows])
+        return len(rows)
+
+    def assignment_counts(self, experiment_id: str) -> list[dict[str, Any]]:
+        """Logged assignments grouped by (contract_digest, variant, reason, detail); detail is NULL unless forced."""
+        return self.rows("SELECT contract_digest, variant, reason, detail, COUNT(*) AS n FROM assignments "
+                         "WHERE experiment_id = :e GROUP BY contract_digest, variant, reason, detail "
+                         "ORDER BY contract_digest, variant, reason, detail", e=experiment_id)
+
+    def assignment_rows(self, experiment_id: str, unit_id: str | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT id, experiment_id, contract_digest, unit_id, variant, bucket, reason, detail, assigned_at "
+               "FROM assignments WHERE experiment_id = :e" + (" AND unit_id = :u" if unit_id is not None else "") + " ORDER BY id")
+        return self.rows(sql, e=experiment_id, u=unit_id)
+
+    def units_assigned_off_control(self, experiment_id: str, unit_ids: Sequence[str], control: str) -> list[dict[str, Any]]:
+        """Logged assignments of the given units to a variant other than ``control`` (ETH audit of forbidden units)."""
+        found: list[dict[str, Any]] = []
+        query = sa.text("SELECT unit_id, variant, contract_digest, COUNT(*) AS n FROM assignments "
+                        "WHERE experiment_id = :e AND variant <> :c AND unit_id IN :units "
+                        "GROUP BY unit_id, variant, contract_digest ORDER BY unit_id, variant, contract_digest"
+                        ).bindparams(sa.bindparam("units", expanding=True))
+        units = sorted(set(unit_ids))
+        with self.begin() as conn:
+            for start in range(0, len(units), 5_000):  # stay under SQLite's bound-variable limit
+                found += [dict(r) for r in conn.execute(
+                    query, {"e": experiment_id, "c": control, "units": units[start:start + 5_000]}).mappings()]
+        return found
+
+    def stop_rule_reports(self, experiment_id: str) -> list[dict[str, Any]]:
+        """Emitted stop-rule reports (event_type EVAL_STOP_*) of one experiment, oldest first."""
+        return self.rows("SELECT report_id, event_type, payload_json, created_at FROM operations_reports "
+                         "WHERE experiment_id = :e AND substr(event_type, 1, :n) = :p ORDER BY created_at, report_id",
+                         e=experiment_id, p="EVAL_STOP_", n=len("EVAL_STOP_"))
+
+    def signoff_rows(self, experiment_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT id, report_id, verdict, approver, note, signed_at FROM signoffs "
+                         "WHERE experiment_id = :e ORDER BY id", e=experiment_id)
+
+    def promotion_rows(self, experiment_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT id, report_id, variant_slug, verdict, signoff_id, promoted_at FROM promotions "
+                         "WHERE experiment_id = :e ORDER BY id", e=experiment_id)
+
+    def sample_head(self, experiment_id: str) -> dict[str, Any] | None:
+        """The last sample of an experiment's hash chain (sample_n, sample_hash, recorded_at_ms), or None."""
+        rows = self.rows("SELECT sample_n, sample_hash, recorded_at_ms FROM experiment_samples WHERE experiment_id = :e "
+                         "ORDER BY sample_n DESC LIMIT 1", e=experiment_id)
+        return rows[0] if rows else None
+
+    def governance_event_times(self, experiment_id: str) -> dict[str, Any]:
+        """Latest recorded time per source for one experiment (EvalTrace ``as_of``); values are datetimes
+        (PostgreSQL), ISO strings (SQLite), epoch ms (``last_sample_ms``) or None."""
+        return self.rows(
+            "SELECT (SELECT created_at FROM experiments WHERE experiment_id = :e) AS registered, "
+            "(SELECT MAX(recorded_at_ms) FROM experiment_samples WHERE experiment_id = :e) AS last_sample_ms, "
+            "(SELECT MAX(recorded_at) FROM experiment_contracts WHERE experiment_id = :e) AS contracts, "
+            "(SELECT MAX(approved_at) FROM approvals WHERE experiment_id = :e) AS approvals, "
+            "(SELECT MAX(assigned_at) FROM assignments WHERE experiment_id = :e) AS assignments, "
+            "(SELECT MAX(evaluated_at) FROM experiment_evaluations WHERE experiment_id = :e) AS evaluations, "
+            "(SELECT MAX(computed_at) FROM causal_estimates WHERE experiment_id = :e) AS causal, "
+            "(SELECT MAX(created_at) FROM experiment_verdicts WHERE experiment_id = :e) AS verdicts, "
+            "(SELECT MAX(signed_at) FROM signoffs WHERE experiment_id = :e) AS signoffs, "
+            "(SELECT MAX(promoted_at) FROM promotions WHERE experiment_id = :e) AS promotions, "
+            "(SELECT MAX(created_at) FROM operations_reports WHERE experiment_id = :e) AS reports", e=experiment_id)[0]
+    # ---- END governance ----------------------------------------------------------------------------------------
+
     # ---- decisions: evaluations, causal estimates, verdicts --------------------------------------------
     def delta_stats(self, experiment_id: str, column: str = "edge_delta_bps") -> tuple[int, float, float]:
         """(n, sum, sum of squares) of one metric over an experiment's samples, aggregated in the database."""
@@ -529,6 +650,91 @@ class Store:
     def latest_result_report_id(self, experiment_id: str) -> str | None:
         return self.scalar("SELECT report_id FROM experiment_verdicts WHERE experiment_id = :e AND report_id IS NOT NULL "
                             "ORDER BY id DESC LIMIT 1", e=experiment_id)
+
+    def metric_stats(self, experiment_id: str) -> dict[str, tuple[int, float, float]]:
+        """(n, sum, sum of squares) of every surface metric in one aggregate query."""
+        parts = []
+        for name, expr in METRIC_EXPRESSIONS.items():
+            parts.append(f"COUNT({expr}) AS {name}_n, COALESCE(SUM({expr}), 0) AS {name}_s, "
+                         f"COALESCE(SUM({expr} * {expr}), 0) AS {name}_ss")
+        row = self.rows(f"SELECT {', '.join(parts)} FROM experiment_samples WHERE experiment_id = :e", e=experiment_id)[0]
+        return {name: (int(row[f"{name}_n"]), float(row[f"{name}_s"]), float(row[f"{name}_ss"])) for name in METRIC_EXPRESSIONS}
+
+    def sample_time_range(self, experiment_id: str) -> tuple[int | None, int | None]:
+        row = self.rows("SELECT MIN(recorded_at_ms) AS a, MAX(recorded_at_ms) AS b FROM experiment_samples WHERE experiment_id = :e",
+                        e=experiment_id)[0]
+        return row["a"], row["b"]
+
+    def insert_verdict(self, conn: Connection, row: Mapping[str, Any]) -> int:
+        return self._insert_returning_id(conn, "experiment_verdicts", row)
+
+    def latest_verdicts(self) -> dict[str, dict[str, Any]]:
+        """The newest verdict row of every experiment (what `status` shows)."""
+        rows = self.rows("SELECT v.* FROM experiment_verdicts v JOIN (SELECT experiment_id, MAX(id) AS id FROM experiment_verdicts "
+                         "GROUP BY experiment_id) m ON m.id = v.id")
+        return {r["experiment_id"]: r for r in rows}
+
+    def latest_causal_all(self) -> dict[str, dict[str, Any]]:
+        rows = self.rows("SELECT c.* FROM causal_estimates c JOIN (SELECT experiment_id, MAX(id) AS id FROM causal_estimates "
+                         "GROUP BY experiment_id) m ON m.id = c.id")
+        return {r["experiment_id"]: r for r in rows}
+
+    # ---- drift signals (outbox to the StrategyRegistry) ------------------------------------------------
+    def insert_signal(self, conn: Connection, row: Mapping[str, Any]) -> bool:
+        """Record a signal once per (experiment, signal_type); False if one already exists."""
+        result = conn.execute(sa.text(
+            "INSERT INTO strategy_registry_signals (idempotency_key, experiment_id, variant_slug, signal_type, verdict_id, "
+            "payload_json) VALUES (:idempotency_key, :experiment_id, :variant_slug, :signal_type, :verdict_id, :payload_json) "
+            "ON CONFLICT DO NOTHING"), dict(row))
+        return result.rowcount == 1
+
+    def signals(self, experiment_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        clauses, params = [], {}
+        if experiment_id is not None:
+            clauses.append("experiment_id = :e")
+            params["e"] = experiment_id
+        if status is not None:
+            clauses.append("delivery_status = :s")
+            params["s"] = status
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self.rows(f"SELECT * FROM strategy_registry_signals{where} ORDER BY id", **params)
+
+    def mark_signal(self, signal_id: int, *, delivered: bool, error: str | None = None) -> None:
+        with self.begin() as conn:
+            if delivered:
+                conn.execute(sa.text("UPDATE strategy_registry_signals SET delivery_status = 'delivered', attempts = attempts + 1, "
+                                     "last_error = NULL, delivered_at = CURRENT_TIMESTAMP WHERE id = :i AND delivery_status = 'pending'"),
+                             {"i": signal_id})
+            else:
+                conn.execute(sa.text("UPDATE strategy_registry_signals SET attempts = attempts + 1, last_error = :err WHERE id = :i"),
+                             {"i": signal_id, "err": (error or "")[:1000]})
+
+    # ---- sign-offs and promotions ------------------------------------------------------------------------
+    def insert_signoff(self, experiment_id: str, report_id: str, verdict: str, approver: str, note: str | None) -> dict[str, Any]:
+        with self.begin() as conn:
+            new_id = self._insert_returning_id(conn, "signoffs", {
+                "experiment_id": experiment_id, "report_id": report_id, "verdict": verdict, "approver": approver, "note": note})
+        return self.rows("SELECT * FROM signoffs WHERE id = :i", i=new_id)[0]
+
+    def signoffs(self, experiment_id: str | None = None) -> list[dict[str, Any]]:
+        if experiment_id is None:
+            return self.rows("SELECT * FROM signoffs ORDER BY id")
+        return self.rows("SELECT * FROM signoffs WHERE experiment_id = :e ORDER BY id", e=experiment_id)
+
+    def insert_promotion(self, conn: Connection, row: Mapping[str, Any]) -> bool:
+        result = conn.execute(sa.text(
+            "INSERT INTO promotions (experiment_id, report_id, variant_slug, verdict, signoff_id) "
+            "VALUES (:experiment_id, :report_id, :variant_slug, :verdict, :signoff_id) ON CONFLICT DO NOTHING"), dict(row))
+        return result.rowcount == 1
+
+    def promotions(self, experiment_id: str | None = None) -> list[dict[str, Any]]:
+        if experiment_id is None:
+            return self.rows("SELECT * FROM promotions ORDER BY id")
+        return self.rows("SELECT * FROM promotions WHERE experiment_id = :e ORDER BY id", e=experiment_id)
+
+    def report(self, report_id: str) -> dict[str, Any] | None:
+        rows = self.rows("SELECT payload_json FROM operations_reports WHERE report_id = :r", r=report_id)
+        return json.loads(rows[0]["payload_json"]) if rows else None
 
 
 def _conflict_row(line_no: int, fill: Fill, other_line: int, other_file: str) -> QuarantineRow:

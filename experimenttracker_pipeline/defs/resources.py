@@ -56,3 +56,19 @@ class PipelineSettingsResource(dg.ConfigurableResource):
     @property
     def experiments_path(self) -> Path:
         return Path(self.experiments_dir)
+
+
+class StrategyRegistryResource(dg.ConfigurableResource):
+    """Where drift signals go: the `strategy_registry_signals` table (default), or an HTTP endpoint that
+    receives a JSON POST with an Idempotency-Key (EXPERIMENTTRACKER_REGISTRY_URL)."""
+
+    url: str | None = None
+    timeout_ms: int = 5000
+    max_attempts: int = 3
+    backoff_seconds: float = 0.5
+
+    def get_registry(self):
+        from experimenttracker_pipeline.registry import registry_for
+
+        return registry_for(self.url, timeout_ms=self.timeout_ms, max_attempts=self.max_attempts,
+                            backoff_seconds=self.backoff_seconds)

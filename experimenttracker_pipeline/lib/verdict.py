@@ -469,7 +469,7 @@ def _get(d: Mapping[str, Any], key: str) -> Any:
     return v if not (isinstance(v, float) and not math.isfinite(v)) else None
 
 
-def materially_changed(previous: Mapping[str, Any] | None, current: Evaluation) -> bool:
+def materially_changed(previous: Mapping[str, Any] | None, current: Evaluation | Mapping[str, Any]) -> bool:
     """Whether ``current`` warrants a new report after ``previous`` (a stored ``to_dict()``).
 
     True when there is no previous report; the verdict, event type, ci_method, drift,
@@ -481,7 +481,8 @@ def materially_changed(previous: Mapping[str, Any] | None, current: Evaluation) 
     """
     if not previous:
         return True
-    cur = current.to_dict()
+    cur = current.to_dict() if isinstance(current, Evaluation) else dict(current)
+    current_samples = int(cur.get("samples") or 0)
     for key in ("verdict", "event_type", "ci_method", "drift_signalled", "futile"):
         if previous.get(key) != cur.get(key):
             return True
@@ -490,8 +491,8 @@ def materially_changed(previous: Mapping[str, Any] | None, current: Evaluation) 
     if bool(prev_srm) != bool(cur_srm):
         return True
     prev_n = previous.get("samples") or 0
-    if prev_n <= 0 or current.samples >= prev_n * (1 + REPORT_SAMPLE_GROWTH_FRACTION):
-        return current.samples != prev_n
+    if prev_n <= 0 or current_samples >= prev_n * (1 + REPORT_SAMPLE_GROWTH_FRACTION):
+        return current_samples != prev_n
     lo0, hi0 = _get(previous, "ci_95_low"), _get(previous, "ci_95_high")
     lo1, hi1 = cur.get("ci_95_low"), cur.get("ci_95_high")
     if (lo0 is None) != (lo1 is None) or (hi0 is None) != (hi1 is None):
