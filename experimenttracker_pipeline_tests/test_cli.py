@@ -34,9 +34,27 @@ def test_demo_then_status_json(tmp_path):
     assert rows["exp_esports_ll"]["orphans"] > 0 and rows["exp_sports_v2"]["last_sample_at"].endswith("Z")
     # The runs are in the persistent Dagster instance under the data folder (visible to `dg dev`).
     assert (tmp_path / "data" / "dagster_home").is_dir()
+    winner = rows["exp_sports_v2"]
+    assert winner["verdict"] == "variant_wins" and winner["ci_method"] == "always_valid"
+    for key in ("ci_95_low", "ci_95_high", "fixed_ci_95_low", "fixed_ci_95_high", "edge_delta_bps", "p_value", "power"):
+        assert isinstance(winner[key], float), key
+    assert winner["promotion_state"] == "awaiting_signoff" and winner["drift_signalled"] is False
+    assert rows["exp_crypto_v3"]["drift_signalled"] is True and rows["exp_crypto_v3"]["verdict"] == "control_wins"
+    assert rows["exp_weather_small"]["verdict"] == "insufficient_samples"
+    causal = rows["exp_esports_ll"]["causal"]
+    assert {"naive_diff_bps", "ipw", "aipw", "overlap", "segments", "harmed_segments"} <= set(causal)
+    assert set(causal["aipw"]) >= {"estimate_bps", "ci_95_low", "ci_95_high", "se"}
     rerun = _cli(tmp_path, "run")
     assert rerun.returncode == 0
-    assert json.loads(_cli(tmp_path, "status", "--json").stdout) == list(rows.values())
+    again = {r["experiment_id"]: r for r in json.loads(_cli(tmp_path, "status", "--json").stdout)}
+    assert again["exp_sports_v2"]["verdict_report_id"] == winner["verdict_report_id"]
+    # Sign-off from the command line promotes the winner; a bad report id is a one-line error.
+    bad = _cli(tmp_path, "signoff", "exp_sports_v2", "--approver", "alice", "--report", "ops_nope")
+    assert bad.returncode == 2 and "unknown report" in bad.stderr
+    ok = _cli(tmp_path, "signoff", "exp_sports_v2", "--approver", "alice", "--report", winner["verdict_report_id"])
+    assert ok.returncode == 0 and "promotion: promoted" in ok.stdout
+    final = {r["experiment_id"]: r for r in json.loads(_cli(tmp_path, "status", "--json").stdout)}
+    assert final["exp_sports_v2"]["promotion_state"] == "promoted"
 
 
 @pytest.mark.parametrize("env, message", [

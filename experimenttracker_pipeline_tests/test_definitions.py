@@ -1,6 +1,7 @@
 """The Dagster graph end to end: definitions load, jobs materialize on SQLite and PostgreSQL, the blocking
 hash-chain check stops a run whose samples were tampered with."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -13,9 +14,10 @@ from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.store import Store
 
 
-def _settings(tmp_path: Path, db_url: str) -> Settings:
+def _settings(tmp_path: Path, db_url: str, registry_url: str | None = None) -> Settings:
     return Settings(data_dir=tmp_path, db_url=db_url, landing_dir=tmp_path / "landing",
-                    experiments_dir=tmp_path / "experiments", caliper_seconds=60.0, stall_window_seconds=3600.0)
+                    experiments_dir=tmp_path / "experiments", caliper_seconds=60.0, stall_window_seconds=3600.0,
+                    registry_url=registry_url)
 
 
 def test_definitions_load(monkeypatch, tmp_path):
@@ -80,3 +82,45 @@ def test_blocking_check_fails_run_on_tampered_samples(pg_url, tmp_path):
                         if hasattr(e, "asset_key") and e.asset_key}
         assert materialized <= {"experiment_samples"}
     store.dispose()
+
+
+def test_demo_verdicts_drift_and_signoff_end_to_end(db_url, tmp_path):
+    """Issue 3: a winning, a losing, an A/A and a too-small experiment get the right verdicts; exactly one drift
+    signal (the loser's) reaches a real HTTP registry; nothing is promoted until a human signs off."""
+    from experimenttracker_pipeline_tests.test_decisions import RegistryServer
+
+    server = RegistryServer()
+    try:
+        settings = _settings(tmp_path, db_url, registry_url=server.url)
+        write_demo(settings.experiments_dir, settings.landing_dir)
+        definitions = build_definitions(settings)
+        store = Store(db_url)
+        with dg.instance_for_test() as instance:
+            _, results = _run_all(definitions, instance, store)
+            assert all(r.success for r in results.values())
+            verdicts = {e: json.loads(store.latest_row("experiment_verdicts", e)["verdict_json"])["verdict"]
+                        for e in results}
+            assert verdicts["exp_sports_v2"] == "variant_wins"
+            assert verdicts["exp_crypto_v3"] == "control_wins"
+            assert verdicts["exp_politics_aa"] == "inconclusive"
+            assert verdicts["exp_weather_small"] == "insufficient_samples"
+            assert [body["experiment_id"] for _, body in server.received] == ["exp_crypto_v3"]
+            assert store.promotions() == []
+            check = [c for c in results["exp_sports_v2"].get_asset_check_evaluations() if c.check_name == "promotions_have_signoff"]
+            assert [c.passed for c in check] == [True]
+            meta = results["exp_sports_v2"].asset_materializations_for_node("confidence_intervals")[0].metadata
+            assert meta["ci_95_low"].value > 0 and "confidence sequence" in meta["intervals"].value
+            # A second pass changes nothing: no second signal, no duplicate result report.
+            _run_all(definitions, instance, store)
+            assert len(server.received) == 1
+            assert len(store.reports("exp_sports_v2", "EXPERIMENT_RESULT")) == 1
+            # The sign-off job (launchable from the UI) approves the winner's report and promotes it.
+            report_id = store.latest_result_report_id("exp_sports_v2")
+            signoff = definitions.resolve_job_def("signoff_job").execute_in_process(instance=instance, run_config={
+                "ops": {"record_signoff": {"config": {"experiment_id": "exp_sports_v2", "approver": "alice",
+                                                      "report_id": report_id}}}})
+            assert signoff.success
+            assert [p["experiment_id"] for p in store.promotions()] == ["exp_sports_v2"]
+        store.dispose()
+    finally:
+        server.close()

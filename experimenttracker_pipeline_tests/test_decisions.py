@@ -1,0 +1,232 @@
+"""The decision stage on SQLite and PostgreSQL: spec section 26 acceptance tests, report de-duplication, drift
+signals through a real HTTP registry (outage, retry, idempotency), sign-offs and the promotion gate."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from experimenttracker_pipeline import decisions, pipeline
+from experimenttracker_pipeline.registry import HttpStrategyRegistry, TableStrategyRegistry
+from experimenttracker_pipeline_tests.conftest import declaration, fill, write_jsonl
+
+
+class RegistryServer:
+    """A real HTTP StrategyRegistry on 127.0.0.1 that records what it receives; `fail` makes it answer 503."""
+
+    def __init__(self):
+        self.received: list[tuple[str, dict]] = []
+        self.fail = False
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server API
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if outer.fail:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                outer.received.append((self.headers["Idempotency-Key"], body))
+                self.send_response(202)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/signals"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def registry_server():
+    server = RegistryServer()
+    yield server
+    server.close()
+
+
+def _experiment(store, workdirs, deltas, *, exp_id="exp_a", start=0, **decl):
+    """Declare an experiment (once) and feed it shadow pairs whose edge deltas are exactly `deltas` bps."""
+    path = workdirs["experiments"] / f"{exp_id}.yaml"
+    if not path.exists():
+        path.write_text(declaration(exp_id, **decl))
+        pipeline.sync_declarations(store, workdirs["experiments"])
+    records = []
+    for i, delta in enumerate(deltas, start=start):
+        key = f"{exp_id}:{i}"
+        records.append(fill(f"{exp_id}-c{i}", "c-slug", "live", key, edge=1.0, notional=100.0, t=i * 1000))
+        records.append(fill(f"{exp_id}-v{i}", "v-slug", "shadow", key, edge=1.0 + float(delta) / 100.0, notional=100.0,
+                            t=i * 1000 + 1, experiment_id=exp_id))
+    write_jsonl(workdirs["landing"] / f"{exp_id}-{start}.jsonl", records)
+    assert pipeline.ingest_landing(store, workdirs["landing"]).balanced
+    pipeline.record_samples(store, exp_id)
+
+
+def _evaluate(store, exp_id="exp_a", registry=None):
+    decisions.compute_intervals(store, exp_id)
+    decisions.compute_causal(store, exp_id)
+    verdict = decisions.decide(store, exp_id)
+    drift = decisions.signal_drift(store, exp_id, registry or TableStrategyRegistry())
+    promotion = decisions.promotion_state(store, exp_id, apply=True)
+    return verdict, drift, promotion
+
+
+def test_no_winner_before_min_samples(store, workdirs):
+    """Spec 26: samples=50, min_samples=100 -> EXPERIMENT_INSUFFICIENT_SAMPLES (even with a large effect)."""
+    _experiment(store, workdirs, np.full(50, 8.0) + np.linspace(-1, 1, 50), min_samples_for_decision=100)
+    verdict, drift, _ = _evaluate(store)
+    assert verdict.verdict["verdict"] == "insufficient_samples"
+    assert verdict.report["event_type"] == "EXPERIMENT_INSUFFICIENT_SAMPLES"
+    assert not drift.signalled_now and store.signals() == []
+
+
+def test_drift_signal_when_variant_underperforms(store, workdirs):
+    """Spec 26: edge_delta=-5, sigma=2 -> drift signal sent to the StrategyRegistry (once)."""
+    rng = np.random.default_rng(5)
+    _experiment(store, workdirs, rng.normal(-5, 2, 120), min_samples_for_decision=100)
+    verdict, drift, _ = _evaluate(store)
+    assert verdict.verdict["verdict"] == "control_wins" and verdict.verdict["drift_signalled"]
+    assert drift.signalled_now and drift.delivered == 1
+    (signal,) = store.signals("exp_a")
+    payload = json.loads(signal["payload_json"])
+    assert payload["variant_slug"] == "v-slug" and payload["signal_type"] == "DRIFT_SIGNAL"
+    assert payload["edge_delta_bps"] == pytest.approx(-5, abs=0.6) and payload["drift_z"] < -2
+    _evaluate(store)  # another look: no second signal
+    assert len(store.signals("exp_a")) == 1
+
+
+def test_fixed_horizon_experiment_uses_the_spec_two_sigma_rule(store, workdirs):
+    rng = np.random.default_rng(11)
+    deltas = rng.normal(0, 20, 100)
+    deltas = (deltas - deltas.mean()) / deltas.std(ddof=1) * 20 - 5  # mean -5, sd 20 -> SE 2, z = -2.5
+    _experiment(store, workdirs, deltas, ci_method="fixed_horizon", min_samples_for_decision=100)
+    verdict, drift, _ = _evaluate(store)
+    assert verdict.verdict["drift_rule"].startswith("fixed") or "2" in verdict.verdict["drift_rule"]
+    assert verdict.verdict["drift_z"] == pytest.approx(-2.5, abs=1e-6) and drift.signalled_now
+
+
+def test_full_lifecycle_and_report_shape(store, workdirs):
+    """Spec 26 integration: start -> samples -> EXPERIMENT_RESULT -> (no) drift; report in the section 13 shape."""
+    rng = np.random.default_rng(1)
+    _experiment(store, workdirs, rng.normal(4, 10, 400))
+    verdict, drift, promotion = _evaluate(store)
+    report = verdict.report
+    assert report["event_type"] == "EXPERIMENT_RESULT" and report["verdict"] == "variant_wins"
+    for key in ("report_id", "bot_id", "event_type", "experiment_id", "variant_slug", "control_slug", "samples",
+                "edge_delta_bps", "ci_95_low", "ci_95_high", "verdict", "report_kind", "topic"):
+        assert key in report, key
+    assert report["bot_id"] == "gov.experimenttracker" and report["topic"] == "polytraders.reports.operations"
+    assert report["report_kind"] == "OperationsReport" and report["samples"] == 400
+    assert report["ci_method"] == "always_valid" and report["fixed_ci_95_low"] > report["ci_95_low"]
+    assert report["plain_english"].startswith("The new strategy version performed better")
+    assert not drift.signalled_now
+    assert promotion.state == "awaiting_signoff"
+    # Re-evaluating the same evidence never duplicates the report.
+    again, _, _ = _evaluate(store)
+    assert again.report is None
+    assert len(store.reports("exp_a", "EXPERIMENT_RESULT")) == 1
+    assert [r["event_type"] for r in store.reports("exp_a")].count("EXPERIMENT_STARTED") == 1
+
+
+def test_signoff_approves_that_report_only(store, workdirs):
+    rng = np.random.default_rng(2)
+    _experiment(store, workdirs, rng.normal(5, 10, 300), auto_promote_on_winning=True, require_human_signoff=True)
+    verdict, _, promotion = _evaluate(store)
+    first_report = verdict.report["report_id"]
+    assert promotion.state == "awaiting_signoff" and store.promotions() == []
+    # More data arrives and the verdict is re-reported (sample count grew materially): a new report.
+    _experiment(store, workdirs, rng.normal(5, 10, 300), start=300)
+    verdict2, _, _ = _evaluate(store)
+    assert verdict2.report is not None and verdict2.report["report_id"] != first_report
+    # Signing off the OLD report does not approve the new verdict.
+    decisions.record_signoff(store, "exp_a", "alice", first_report)
+    assert decisions.promotion_state(store, "exp_a", apply=True).state == "awaiting_signoff"
+    assert store.promotions() == []
+    decisions.record_signoff(store, "exp_a", "bob", verdict2.report["report_id"])
+    result = decisions.promotion_state(store, "exp_a", apply=True)
+    assert result.state == "promoted" and result.promoted_now
+    (promotion_row,) = store.promotions()
+    assert promotion_row["report_id"] == verdict2.report["report_id"] and promotion_row["signoff_id"] is not None
+    assert decisions.promotion_violations(store) == []
+    with pytest.raises(decisions.SignoffError):
+        decisions.record_signoff(store, "exp_a", "carol", "ops_nope")
+
+
+def test_auto_promote_without_signoff_requirement(store, workdirs):
+    rng = np.random.default_rng(3)
+    _experiment(store, workdirs, rng.normal(5, 10, 300), auto_promote_on_winning=True, require_human_signoff=False)
+    _, _, promotion = _evaluate(store)
+    assert promotion.state == "promoted"
+
+
+def test_large_split_requires_signoff_even_without_the_flag(store, workdirs):
+    rng = np.random.default_rng(4)
+    _experiment(store, workdirs, rng.normal(5, 10, 300), auto_promote_on_winning=True, require_human_signoff=False,
+                traffic_split_pct=60)
+    _, _, promotion = _evaluate(store)
+    assert promotion.state == "awaiting_signoff" and store.promotions() == []
+
+
+def test_promotion_without_signoff_is_a_violation(store, workdirs):
+    rng = np.random.default_rng(6)
+    _experiment(store, workdirs, rng.normal(5, 10, 300))
+    verdict, _, _ = _evaluate(store)
+    with store.begin() as conn:  # someone bypasses the gate
+        store.insert_promotion(conn, {"experiment_id": "exp_a", "report_id": verdict.report["report_id"],
+                                      "variant_slug": "v-slug", "verdict": "variant_wins", "signoff_id": None})
+    (violation,) = decisions.promotion_violations(store)
+    assert violation.experiment_id == "exp_a"
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"):
+        with store.begin() as conn:
+            conn.execute(sa.text("DELETE FROM promotions"))
+
+
+def test_registry_outage_delays_but_never_loses_or_duplicates(store, workdirs, registry_server):
+    rng = np.random.default_rng(7)
+    _experiment(store, workdirs, rng.normal(-6, 8, 200))
+    registry = HttpStrategyRegistry(registry_server.url, timeout_ms=2000, max_attempts=2, backoff_seconds=0.01)
+    registry_server.fail = True
+    _, drift, _ = _evaluate(store, registry=registry)
+    assert drift.signalled_now and drift.pending == 1 and registry_server.received == []
+    (signal,) = store.signals("exp_a")
+    assert signal["delivery_status"] == "pending" and signal["attempts"] == 1 and "503" in signal["last_error"]
+    registry_server.fail = False
+    _, drift2, _ = _evaluate(store, registry=registry)
+    assert (drift2.signalled_now, drift2.delivered, drift2.pending) == (False, 1, 0)
+    _evaluate(store, registry=registry)
+    assert len(registry_server.received) == 1
+    key, body = registry_server.received[0]
+    assert key.startswith("exp_a:drift:") and body["idempotency_key"] == key and body["variant_slug"] == "v-slug"
+
+
+def test_unreachable_registry_times_out_cleanly(store, workdirs):
+    rng = np.random.default_rng(8)
+    _experiment(store, workdirs, rng.normal(-6, 8, 200))
+    registry = HttpStrategyRegistry("http://127.0.0.1:9/none", timeout_ms=500, max_attempts=2, backoff_seconds=0.01)
+    _, drift, _ = _evaluate(store, registry=registry)
+    assert drift.pending == 1 and store.signals("exp_a")[0]["delivery_status"] == "pending"
+
+
+def test_srm_blocks_limited_live_verdict(store, workdirs):
+    (workdirs["experiments"] / "ll.yaml").write_text(declaration("exp_ll", mode="limited_live", traffic_split_pct=10))
+    pipeline.sync_declarations(store, workdirs["experiments"])
+    rng = np.random.default_rng(9)
+    records = []
+    for i in range(400):  # half the traffic went to the variant although 10% was declared
+        t = i * 1000
+        records.append(fill(f"v{i}", "v-slug", "live", f"p{i}", t=t, market=f"m{i % 5}", edge=float(rng.normal(0.05, 0.1))))
+        records.append(fill(f"c{i}", "c-slug", "live", f"q{i}", t=t + 300, market=f"m{i % 5}", edge=float(rng.normal(0.0, 0.1))))
+    write_jsonl(workdirs["landing"] / "ll.jsonl", records)
+    pipeline.ingest_landing(store, workdirs["landing"])
+    pipeline.record_samples(store, "exp_ll")
+    verdict, drift, promotion = _evaluate(store, "exp_ll")
+    assert verdict.verdict["verdict"] == "srm_blocked" and verdict.report["event_type"] == "EXPERIMENT_SRM_DETECTED"
+    assert promotion.state == "not_promotable"
