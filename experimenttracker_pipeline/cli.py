@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from experimenttracker_pipeline import cli_governance
 from experimenttracker_pipeline.settings import Settings, SettingsError
 from experimenttracker_pipeline.store import Store, StoreUnavailable
 
@@ -157,9 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signoff.add_argument("--approver", required=True, help="who signs off")
     signoff.add_argument("--report", required=True, dest="report_id", help="the EXPERIMENT_RESULT report_id approved")
     signoff.add_argument("--note", default=None)
+    cli_governance.register(sub)
     args = parser.parse_args(argv)
     try:
         settings = _settings()
+        if (code := cli_governance.dispatch(args, lambda: _store(settings))) is not None:
+            return code
         if args.command == "demo":
             from experimenttracker_pipeline.demo import write_demo
 

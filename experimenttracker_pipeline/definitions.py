@@ -8,7 +8,10 @@ from experimenttracker_pipeline.defs.decisions import (
     causal_estimates, confidence_intervals, drift_signals, promotions, promotions_have_signoff, signoff_job, verdicts,
 )
 from experimenttracker_pipeline.defs.ingestion import experiments, raw_reports
-from experimenttracker_pipeline.defs.jobs import experiment_job, ingest_job
+from experimenttracker_pipeline.defs.jobs import (
+    declarations_job, evaluation_job, experiment_job, ingest_job, reports_job, samples_job,
+)
+from experimenttracker_pipeline.defs.sensors import SENSORS, signal_delivery_job
 from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource, PipelineSettingsResource, StrategyRegistryResource,
 )
@@ -18,7 +21,8 @@ from experimenttracker_pipeline.settings import Settings
 ASSETS = [experiments, raw_reports, experiment_samples, confidence_intervals, causal_estimates, verdicts, drift_signals,
           promotions]
 ASSET_CHECKS = [samples_hash_chain_intact, promotions_have_signoff]
-JOBS = [ingest_job, experiment_job, signoff_job]
+JOBS = [ingest_job, declarations_job, reports_job, samples_job, evaluation_job, experiment_job, signoff_job,
+        signal_delivery_job]
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -33,7 +37,8 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
-    return dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=JOBS, resources=build_resources(settings))
+    return dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=JOBS, sensors=SENSORS,
+                          resources=build_resources(settings))
 
 
 @dg.definitions

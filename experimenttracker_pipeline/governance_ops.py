@@ -275,40 +275,41 @@ def _outcomes(contract: ExperimentContract, verdict_row: Mapping[str, Any] | Non
               evaluation_row: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
     """Per-variant metric CIs and statistical verdicts from the latest verdict / evaluation rows.
 
-    Preferred: an ``outcomes`` object ``{variant_id: {metric: {estimate, ci_95_low, ci_95_high, n}}}`` or a
-    ``metrics`` object ``{metric: {...}}`` (single treatment) in verdict_json, then evaluation_json; otherwise the
-    edge-delta CI of the row's own columns (verdict row first). Metrics without a finite CI are left out, so the
-    surface reports their constraints as having no data rather than inventing numbers.
+    Metric CIs: an ``outcomes`` object ``{variant_id: {metric: {estimate, ci_95_low, ci_95_high, n}}}`` or a
+    ``metrics`` object ``{metric: {...}}`` (single treatment) in verdict_json, else in evaluation_json. With one
+    treatment the final verdict row (or, before the first verdict, the evaluation row) then supplies the
+    edge-delta CI it decided on (e.g. the AIPW basis of a limited-live verdict) and the statistical verdict, so the
+    surface never contradicts the recorded verdict. Metrics without a finite CI are left out: the surface reports
+    their constraints as having no data rather than inventing numbers.
     """
     treatments = [v.id for v in contract.treatments]
     single = treatments[0] if len(treatments) == 1 else None
+    per_variant: dict[str, dict[str, Any]] = {}
+    stat_verdicts: dict[str, str] = {}
     for row, key in ((verdict_row, "verdict_json"), (evaluation_row, "evaluation_json")):
         if row is None:
             continue
         doc = _loads(row.get(key))
         n = _num(row.get("samples"))
-        stat = doc.get("stat_verdicts") if isinstance(doc.get("stat_verdicts"), Mapping) else None
-        stat_verdicts = {k: v for k, v in (stat or {}).items() if k in treatments and isinstance(v, str)}
-        if not stat_verdicts and single and isinstance(row.get("verdict"), str):
-            stat_verdicts = {single: row["verdict"]}
-        if isinstance(doc.get("outcomes"), Mapping):
-            per_variant = {vid: _metric_cis(per, n) for vid, per in doc["outcomes"].items() if vid in treatments}
-            per_variant = {k: v for k, v in per_variant.items() if v}
-            if per_variant:
-                return per_variant, stat_verdicts
-        if single and isinstance(doc.get("metrics"), Mapping):
-            cis = _metric_cis(doc["metrics"], n)
-            if cis:
-                return {single: cis}, stat_verdicts
-    for row in (verdict_row, evaluation_row):
-        if row is None or single is None:
+        if not stat_verdicts and isinstance(doc.get("stat_verdicts"), Mapping):
+            stat_verdicts = {k: v for k, v in doc["stat_verdicts"].items() if k in treatments and isinstance(v, str)}
+        if per_variant:
             continue
-        ci = _ci({"estimate": row.get("edge_delta_bps"), "ci_95_low": row.get("ci_95_low"),
-                  "ci_95_high": row.get("ci_95_high"), "n": row.get("samples")}, None)
+        if isinstance(doc.get("outcomes"), Mapping):
+            found = {vid: _metric_cis(per, n) for vid, per in doc["outcomes"].items() if vid in treatments}
+            per_variant = {k: v for k, v in found.items() if v}
+        if not per_variant and single and isinstance(doc.get("metrics"), Mapping):
+            cis = _metric_cis(doc["metrics"], n)
+            per_variant = {single: cis} if cis else {}
+    decided = verdict_row if verdict_row is not None else evaluation_row
+    if single is not None and decided is not None:
+        ci = _ci({"estimate": decided.get("edge_delta_bps"), "ci_95_low": decided.get("ci_95_low"),
+                  "ci_95_high": decided.get("ci_95_high"), "n": decided.get("samples")}, None)
         if ci is not None:
-            stat = {single: row["verdict"]} if isinstance(row.get("verdict"), str) else {}
-            return {single: {"edge_delta_bps": ci}}, stat
-    return {}, {}
+            per_variant.setdefault(single, {})["edge_delta_bps"] = ci
+        if not stat_verdicts and isinstance(decided.get("verdict"), str):
+            stat_verdicts = {single: decided["verdict"]}
+    return per_variant, stat_verdicts
 
 
 def _verdict_section(verdict_row: Mapping[str, Any] | None, evaluation_row: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -212,7 +212,8 @@ def record_samples(store: Store, experiment_id: str) -> SamplingResult:
         store.append_samples(conn, rows)
         total = tail_n + len(rows)
         last_at = store.last_sample_time(conn, experiment_id) if total else None
-        store.save_pairing_state(conn, experiment_id, total, len(variants) - len(pairs), len(controls) - len(pairs), last_at)
+        store.save_pairing_state(conn, experiment_id, total, len(variants) - len(pairs), len(controls) - len(pairs), last_at,
+                                 appended=len(rows))
         batch_mean = sum(r["edge_delta_bps"] for r in rows) / len(rows) if rows else None
         if rows:
             last = rows[-1]
@@ -247,3 +248,36 @@ def verify_samples(store: Store, experiment_id: str) -> tuple[int, ChainBreak | 
 
     broken = verify_chain(counted())
     return count, broken
+
+
+# ---- stalls (spec sections 18, 19: REPORT_BUS_UNAVAILABLE) -----------------------------------------------
+EXPERIMENT_STALLED = "EXPERIMENT_STALLED"
+EXPERIMENT_RESUMED = "EXPERIMENT_RESUMED"
+
+
+def apply_stall_changes(store: Store, changes: list, now_ms: int) -> list[dict[str, Any]]:
+    """Open or close stall episodes; EXPERIMENT_STALLED once per episode (WARN), EXPERIMENT_RESUMED on recovery."""
+    emitted = []
+    for change in changes:
+        if change.action == "stall":
+            episode = store.open_stall(change.experiment_id, change.reason, change.detail, now_ms)
+            if episode is None:
+                continue
+            event, severity = EXPERIMENT_STALLED, "WARN"
+            payload = {"experiment_id": change.experiment_id, "reason": change.reason, "detail": change.detail,
+                       "stall_id": episode["id"], "message": "Report bus unavailable or silent; sampling paused."}
+            key = f"{EXPERIMENT_STALLED}:{change.experiment_id}:{episode['id']}"
+        else:
+            episode = store.resolve_stall(change.experiment_id, now_ms)
+            if episode is None:
+                continue
+            event, severity = EXPERIMENT_RESUMED, "INFO"
+            payload = {"experiment_id": change.experiment_id, "reason": change.reason, "detail": change.detail,
+                       "stall_id": episode["id"], "stalled_for_ms": now_ms - episode["started_at_ms"]}
+            key = f"{EXPERIMENT_RESUMED}:{change.experiment_id}:{episode['id']}"
+        with store.begin() as conn:
+            report = store.emit_report(conn, event_type=event, severity=severity, dedupe_key=key,
+                                       experiment_id=change.experiment_id, topic=OPERATIONS_TOPIC, payload=payload)
+        if report:
+            emitted.append(report)
+    return emitted

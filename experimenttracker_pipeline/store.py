@@ -185,6 +185,7 @@ class Store:
                                     {"e": decl.experiment_id}).scalar()
             if existing is not None:
                 return "unchanged" if existing == row["declaration_sha256"] else "conflict"
+            row["registered_at_ms"] = int(time.time() * 1000)
             columns = ", ".join(row)
             values = ", ".join(f":{k}" for k in row)
             result = conn.execute(sa.text(f"INSERT INTO experiments ({columns}) VALUES ({values}) "
@@ -242,11 +243,17 @@ class Store:
             account = BatchAccount(lines_read, accepted, duplicates, len(quarantine))
             if account.accepted + account.duplicates + account.quarantined != lines_read:
                 raise RuntimeError(f"ingestion accounting mismatch in {source_file}: {account}")
-            conn.execute(sa.text(
+            batch_id = conn.execute(sa.text(
                 "INSERT INTO ingestion_batches (run_id, source_file, from_offset, to_offset, first_line, lines_read, accepted, "
-                "duplicates, quarantined) VALUES (:run_id, :f, :a, :b, :first, :n, :acc, :dup, :q)"),
+                "duplicates, quarantined) VALUES (:run_id, :f, :a, :b, :first, :n, :acc, :dup, :q) RETURNING id"),
                 {"run_id": run_id, "f": source_file, "a": from_offset, "b": to_offset, "first": first_line, "n": lines_read,
-                 "acc": accepted, "dup": duplicates, "q": len(quarantine)})
+                 "acc": accepted, "dup": duplicates, "q": len(quarantine)}).scalar()
+            slugs: dict[str, int] = {}
+            for _, fill in new_fills:
+                slugs[fill.strategy_slug] = slugs.get(fill.strategy_slug, 0) + 1
+            if slugs:
+                conn.execute(sa.text("INSERT INTO ingestion_batch_slugs (batch_id, strategy_slug, fills) VALUES (:b, :s, :n)"),
+                             [{"b": batch_id, "s": slug, "n": n} for slug, n in slugs.items()])
             self._set_landing_offset(conn, source_file, to_offset, first_line - 1 + lines_read, size_seen)
         return account
 
@@ -358,13 +365,15 @@ class Store:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423003, hashtext(:e))"), {"e": experiment_id})
 
     def save_pairing_state(self, conn: Connection, experiment_id: str, samples: int, orphan_variant: int,
-                           orphan_control: int, last_sample_at_ms: int | None) -> None:
+                           orphan_control: int, last_sample_at_ms: int | None, appended: int = 0) -> None:
         conn.execute(sa.text(
-            "INSERT INTO experiment_pairing_state (experiment_id, samples, orphan_variant, orphan_control, last_sample_at_ms) "
-            "VALUES (:e, :n, :ov, :oc, :t) ON CONFLICT (experiment_id) DO UPDATE SET samples = excluded.samples, "
-            "orphan_variant = excluded.orphan_variant, orphan_control = excluded.orphan_control, "
-            "last_sample_at_ms = excluded.last_sample_at_ms, updated_at = excluded.updated_at"),
-            {"e": experiment_id, "n": samples, "ov": orphan_variant, "oc": orphan_control, "t": last_sample_at_ms})
+            "INSERT INTO experiment_pairing_state (experiment_id, samples, orphan_variant, orphan_control, last_sample_at_ms, "
+            "last_appended_at_ms) VALUES (:e, :n, :ov, :oc, :t, :appended_at) ON CONFLICT (experiment_id) DO UPDATE SET "
+            "samples = excluded.samples, orphan_variant = excluded.orphan_variant, orphan_control = excluded.orphan_control, "
+            "last_sample_at_ms = excluded.last_sample_at_ms, updated_at = excluded.updated_at, "
+            "last_appended_at_ms = COALESCE(excluded.last_appended_at_ms, experiment_pairing_state.last_appended_at_ms)"),
+            {"e": experiment_id, "n": samples, "ov": orphan_variant, "oc": orphan_control, "t": last_sample_at_ms,
+             "appended_at": int(time.time() * 1000) if appended else None})
 
     def pairing_states(self) -> dict[str, dict[str, Any]]:
         with self.begin() as conn:
@@ -735,6 +744,47 @@ class Store:
     def report(self, report_id: str) -> dict[str, Any] | None:
         rows = self.rows("SELECT payload_json FROM operations_reports WHERE report_id = :r", r=report_id)
         return json.loads(rows[0]["payload_json"]) if rows else None
+
+    # ---- continuous operation: sensor reads and stall episodes ----------------------------------------------
+    def sensor_snapshot(self) -> list[dict[str, Any]]:
+        """Per experiment, what the sensors need, in one query over small tables (never sample rows)."""
+        return self.rows(
+            "SELECT e.experiment_id, e.status, e.mode, e.variant_slug, e.control_slug, e.min_samples_for_decision, "
+            "e.registered_at_ms, COALESCE(p.samples, 0) AS samples, p.last_appended_at_ms FROM experiments e "
+            "LEFT JOIN experiment_pairing_state p ON p.experiment_id = e.experiment_id ORDER BY e.experiment_id")
+
+    def batch_slugs_since(self, batch_id: int) -> tuple[int, dict[str, int]]:
+        """(newest ingestion batch id, fills per strategy slug in batches after ``batch_id``)."""
+        newest = self.scalar("SELECT COALESCE(MAX(id), 0) FROM ingestion_batches")
+        rows = self.rows("SELECT strategy_slug, SUM(fills) AS n FROM ingestion_batch_slugs WHERE batch_id > :b AND batch_id <= :m "
+                         "GROUP BY strategy_slug", b=batch_id, m=newest)
+        return int(newest), {r["strategy_slug"]: int(r["n"]) for r in rows}
+
+    def open_stall(self, experiment_id: str, reason: str, detail: str, now_ms: int) -> dict[str, Any] | None:
+        """Start a stall episode unless one is open; returns the new episode (the caller emits once)."""
+        with self.begin() as conn:
+            if conn.execute(sa.text("SELECT 1 FROM experiment_stalls WHERE experiment_id = :e AND resolved_at_ms IS NULL"),
+                            {"e": experiment_id}).first():
+                return None
+            stall_id = self._insert_returning_id(conn, "experiment_stalls", {
+                "experiment_id": experiment_id, "reason": reason, "detail": detail[:1000], "started_at_ms": now_ms})
+            conn.execute(sa.text("UPDATE experiments SET status = 'stalled' WHERE experiment_id = :e AND status = 'active'"),
+                         {"e": experiment_id})
+            return {"id": stall_id, "experiment_id": experiment_id, "reason": reason, "detail": detail, "started_at_ms": now_ms}
+
+    def resolve_stall(self, experiment_id: str, now_ms: int) -> dict[str, Any] | None:
+        with self.begin() as conn:
+            row = conn.execute(sa.text("SELECT id, reason, started_at_ms FROM experiment_stalls WHERE experiment_id = :e "
+                                       "AND resolved_at_ms IS NULL"), {"e": experiment_id}).mappings().first()
+            if row is None:
+                return None
+            conn.execute(sa.text("UPDATE experiment_stalls SET resolved_at_ms = :t WHERE id = :i"), {"t": now_ms, "i": row["id"]})
+            conn.execute(sa.text("UPDATE experiments SET status = 'active' WHERE experiment_id = :e AND status = 'stalled'"),
+                         {"e": experiment_id})
+            return {**dict(row), "resolved_at_ms": now_ms}
+
+    def open_stalls(self) -> dict[str, dict[str, Any]]:
+        return {r["experiment_id"]: r for r in self.rows("SELECT * FROM experiment_stalls WHERE resolved_at_ms IS NULL")}
 
 
 def _conflict_row(line_no: int, fill: Fill, other_line: int, other_file: str) -> QuarantineRow:

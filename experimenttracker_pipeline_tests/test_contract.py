@@ -167,7 +167,7 @@ INVALID = [
 
 
 @pytest.mark.parametrize("path,value,err_path,fragment", INVALID,
-                         ids=[f"{p}={v!r}" for p, v, *_ in INVALID])
+                         ids=[f"{p}={'<deleted>' if v is _DEL else repr(v)}" for p, v, *_ in INVALID])
 def test_invalid_contract_rejected_with_precise_message(path, value, err_path, fragment):
     raw = _set(example_raw(), path, value)
     issue = only_error(raw)

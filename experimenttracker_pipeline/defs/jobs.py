@@ -2,19 +2,34 @@
 
 import dagster as dg
 
+from experimenttracker_pipeline.defs.decisions import confidence_intervals
 from experimenttracker_pipeline.defs.ingestion import experiments, raw_reports
 from experimenttracker_pipeline.defs.samples import experiment_samples
 
-ingest_job = dg.define_asset_job(
-    "ingest_job",
-    selection=dg.AssetSelection.assets(experiments, raw_reports),
-    description="Register experiment declarations and ingest new report-bus lines.",
-)
+EXPERIMENT_TAG = "experimenttracker/experiment"
 
-# Everything per experiment, from its samples down to the drift signal; one run per experiment partition.
+ingest_job = dg.define_asset_job(
+    "ingest_job", selection=dg.AssetSelection.assets(experiments, raw_reports),
+    description="Register experiment declarations and ingest new report-bus lines (the CLI's first step).")
+
+declarations_job = dg.define_asset_job(
+    "declarations_job", selection=dg.AssetSelection.assets(experiments),
+    description="Register new experiment declarations (new partitions, EXPERIMENT_STARTED once).")
+
+reports_job = dg.define_asset_job(
+    "reports_job", selection=dg.AssetSelection.assets(raw_reports),
+    description="Ingest new or grown landing files of the report bus archive.")
+
+samples_job = dg.define_asset_job(
+    "samples_job", selection=dg.AssetSelection.assets(experiment_samples),
+    description="Pair new fills of one experiment into samples.")
+
+evaluation_job = dg.define_asset_job(
+    "evaluation_job", selection=dg.AssetSelection.assets(confidence_intervals).downstream(),
+    description="Evaluate one experiment: CI -> causal -> verdict -> drift signal and promotion gate.")
+
+# Everything per experiment, from its samples down to the drift signal (CLI `run`, backfills).
 experiment_job = dg.define_asset_job(
-    "experiment_job",
-    selection=dg.AssetSelection.assets(experiment_samples).downstream(),
+    "experiment_job", selection=dg.AssetSelection.assets(experiment_samples).downstream(),
     description="Pair new fills into samples and evaluate one experiment (one partition).",
-    tags={"experimenttracker/stage": "experiment"},
-)
+    tags={"experimenttracker/stage": "experiment"})
