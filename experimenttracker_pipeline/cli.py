@@ -40,13 +40,11 @@ def _store(settings: Settings) -> Store:
 def _dagster_instance(settings: Settings):
     import dagster as dg
 
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        # Runs land in a persistent instance under the data folder, so `dg dev` with the same DAGSTER_HOME
-        # shows the CLI's runs in its history.
-        home = str(settings.data_dir / "dagster_home")
-        os.environ["DAGSTER_HOME"] = home
-    Path(home).mkdir(parents=True, exist_ok=True)
+    from experimenttracker_pipeline.instance_config import ensure_instance_home
+
+    # Runs land in a persistent instance under the data folder (or $DAGSTER_HOME), so `dagster dev` with the
+    # same DAGSTER_HOME shows the CLI's runs in its history.
+    ensure_instance_home(settings.data_dir / "dagster_home")
     return dg.DagsterInstance.get()
 
 
@@ -153,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = sub.add_parser("status", help="one row per experiment")
     status.add_argument("--json", action="store_true", help="print a JSON array of objects")
     sub.add_parser("migrate", help="apply pending database migrations and print what ran")
+    home = sub.add_parser("dagster-home", help="write $DAGSTER_HOME/dagster.yaml for this environment and print DAGSTER_HOME")
+    home.add_argument("--home", default=None, help="folder (default: $DAGSTER_HOME or <data>/dagster_home)")
     signoff = sub.add_parser("signoff", help="record a human sign-off of one verdict report (and run the promotion gate)")
     signoff.add_argument("experiment_id")
     signoff.add_argument("--approver", required=True, help="who signs off")
@@ -195,6 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = decisions.promotion_state(store, args.experiment_id, apply=True)
             print(f"signed off {args.report_id} ({record['verdict']}) for {args.experiment_id} by {record['approver']}; "
                   f"promotion: {result.state} ({result.reason_code}: {result.detail})")
+            return 0
+        if args.command == "dagster-home":
+            from experimenttracker_pipeline.instance_config import ensure_instance_home
+
+            if args.home:
+                os.environ["DAGSTER_HOME"] = str(Path(args.home).resolve())
+            print(ensure_instance_home(settings.data_dir / "dagster_home"))
             return 0
         if args.command == "migrate":
             applied = _store(settings).migrate()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experimenttracker_pipeline.lib.contract import ContractError, build_contract
 from experimenttracker_pipeline.lib.declarations import DeclarationError, load_declarations
 from experimenttracker_pipeline.lib.pairing import (
     ChainBreak, build_sample_rows, pair_limited_live, pair_shadow, sample_hash, verify_chain,
@@ -21,6 +22,12 @@ from experimenttracker_pipeline.settings import DEVELOPER_TOPIC, OPERATIONS_TOPI
 from experimenttracker_pipeline.store import ImmutableSampleError, QuarantineRow, Store
 
 log = logging.getLogger(__name__)
+
+
+def record_contract(store: Store, contract) -> None:
+    from experimenttracker_pipeline.governance_ops import record_contract as _record
+
+    _record(store, contract)
 
 EXPERIMENT_STARTED = "EXPERIMENT_STARTED"
 EXPERIMENT_LARGE_SPLIT_WARN = "EXPERIMENT_LARGE_SPLIT_WARN"
@@ -49,6 +56,11 @@ def sync_declarations(store: Store, experiments_dir: Path, *, default_caliper_se
     loaded = load_declarations(experiments_dir, default_caliper_seconds=default_caliper_seconds)
     sync = DeclarationSync(rejected=list(loaded.errors))
     for decl in loaded.declarations:
+        try:
+            contract = build_contract(decl)  # issue 6: the experiment contract is validated on load
+        except ContractError as exc:
+            sync.rejected.extend(DeclarationError(issue.file or decl.source_file, issue.path, issue.message) for issue in exc.issues)
+            continue
         outcome = store.register_experiment(decl)
         if outcome == "conflict":
             sync.rejected.append(DeclarationError(
@@ -57,6 +69,7 @@ def sync_declarations(store: Store, experiments_dir: Path, *, default_caliper_se
                 "cannot change: declare a new experiment_id"))
             continue
         (sync.new if outcome == "new" else sync.unchanged).append(decl.experiment_id)
+        record_contract(store, contract)
         # Emitting is idempotent (dedupe key), so a crash between insert and emit is repaired on the next run.
         with store.begin() as conn:
             started = store.emit_report(

@@ -229,4 +229,85 @@ def test_srm_blocks_limited_live_verdict(store, workdirs):
     pipeline.record_samples(store, "exp_ll")
     verdict, drift, promotion = _evaluate(store, "exp_ll")
     assert verdict.verdict["verdict"] == "srm_blocked" and verdict.report["event_type"] == "EXPERIMENT_SRM_DETECTED"
-    assert promotion.state == "not_promotable"
+    assert promotion.state == "blocked_by_governance"  # online and unapproved, besides the SRM block
+
+
+# ---- issue 6: goal surface, stop rules and governance in the verdict stage --------------------------------------
+def _pairs_with_slippage(store, workdirs, deltas, slippage_delta, exp_id="exp_g", **decl):
+    (workdirs["experiments"] / f"{exp_id}.yaml").write_text(declaration(exp_id, **decl))
+    sync = pipeline.sync_declarations(store, workdirs["experiments"])
+    assert not sync.rejected, sync.rejected
+    records = []
+    for i, delta in enumerate(deltas):
+        key = f"{exp_id}:{i}"
+        records.append(fill(f"{exp_id}-c{i}", "c-slug", "live", key, edge=1.0, t=i * 1000, slippage_bps=2.0))
+        records.append(fill(f"{exp_id}-v{i}", "v-slug", "shadow", key, edge=1.0 + float(delta) / 100.0, t=i * 1000 + 1,
+                            slippage_bps=2.0 + slippage_delta + (i % 7 - 3) * 0.1))
+    write_jsonl(workdirs["landing"] / f"{exp_id}.jsonl", records)
+    pipeline.ingest_landing(store, workdirs["landing"])
+    pipeline.record_samples(store, exp_id)
+
+
+def test_hard_guardrail_breach_blocks_a_winner(store, workdirs):
+    rng = np.random.default_rng(21)
+    surface = {"objectives": {"primary": [{"name": "edge_delta_bps", "weight_bp": 10000}]},
+               "constraints": {"hard": ["slippage_delta_bps <= 1"]}}
+    _pairs_with_slippage(store, workdirs, rng.normal(6, 8, 300), slippage_delta=4.0, eval_surface=surface,
+                         require_human_signoff=False, auto_promote_on_winning=True)
+    verdict, _, promotion = _evaluate(store, "exp_g")
+    assert verdict.verdict["verdict"] == "guardrail_violated"
+    assert "EVAL_HARD_CONSTRAINT_VIOLATED:slippage_delta_bps<=1" in verdict.verdict["reason_codes"]
+    assert promotion.state == "not_promotable" and store.promotions() == []
+    assert len(store.reports("exp_g", "EVAL_STOP_HARM")) == 1  # harm overrides statistics: a stop rule fired
+    _evaluate(store, "exp_g")
+    assert len(store.reports("exp_g", "EVAL_STOP_HARM")) == 1
+
+
+def test_guardrail_that_holds_keeps_the_winner(store, workdirs):
+    rng = np.random.default_rng(22)
+    surface = {"constraints": {"hard": ["slippage_delta_bps <= 3"]}}
+    _pairs_with_slippage(store, workdirs, rng.normal(6, 8, 300), slippage_delta=0.0, eval_surface=surface)
+    verdict, _, promotion = _evaluate(store, "exp_g")
+    assert verdict.verdict["verdict"] == "variant_wins" and promotion.state == "awaiting_signoff"
+
+
+def test_unapproved_online_experiment_is_flagged_and_never_promoted(store, workdirs):
+    from experimenttracker_pipeline import governance_ops
+
+    (workdirs["experiments"] / "ll.yaml").write_text(declaration("exp_on", mode="limited_live", require_human_signoff=False,
+                                                                 auto_promote_on_winning=True))
+    pipeline.sync_declarations(store, workdirs["experiments"])
+    rng = np.random.default_rng(23)
+    records = []
+    for i in range(600):
+        t = i * 1000
+        market = f"m{i % 7}"
+        if i % 10 == 0:
+            records.append(fill(f"v{i}", "v-slug", "live", f"p{i}", t=t, market=market, edge=float(rng.normal(0.08, 0.05)),
+                                assignment_propensity=0.1))
+        records.append(fill(f"c{i}", "c-slug", "live", f"q{i}", t=t + 200, market=market, edge=float(rng.normal(0.0, 0.05)),
+                            assignment_propensity=0.1))
+    write_jsonl(workdirs["landing"] / "on.jsonl", records)
+    pipeline.ingest_landing(store, workdirs["landing"])
+    pipeline.record_samples(store, "exp_on")
+    assert store.sample_count("exp_on") > 0  # samples are recorded even though it is unapproved
+    verdict, _, promotion = _evaluate(store, "exp_on")
+    assert promotion.state == "blocked_by_governance" and store.promotions() == []
+    assert len(store.reports("exp_on", "EXPERIMENT_UNAPPROVED")) == 1
+    _evaluate(store, "exp_on")
+    assert len(store.reports("exp_on", "EXPERIMENT_UNAPPROVED")) == 1  # flagged once per contract digest
+    status = governance_ops.governance_status(store, "exp_on")
+    for i, role in enumerate(status.missing_roles):
+        governance_ops.record_approval(store, "exp_on", f"reviewer{i}", role)
+    verdict, _, promotion = _evaluate(store, "exp_on")
+    assert verdict.verdict["governance"]["approved"] is True
+    assert promotion.state != "blocked_by_governance"
+
+
+def test_invalid_contract_is_rejected_on_load(store, workdirs):
+    (workdirs["experiments"] / "bad.yaml").write_text(declaration("exp_bad", principal="tbd"))
+    (workdirs["experiments"] / "ok.yaml").write_text(declaration("exp_ok"))
+    sync = pipeline.sync_declarations(store, workdirs["experiments"])
+    assert sync.new == ["exp_ok"]
+    (error,) = sync.rejected
+    assert error.field == "principal" and "bad.yaml" in str(error)
