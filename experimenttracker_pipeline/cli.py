@@ -76,6 +76,58 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
     return ok
 
 
+def contiguous_chunks(ordered_keys: Sequence[str], wanted: Sequence[str], per_run: int) -> list[list[str]]:
+    """Group the wanted partition keys into runs of at most ``per_run`` keys that are adjacent in the partition
+    order (a ranged run covers every key between its ends)."""
+    wanted_set = set(wanted)
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    for key in ordered_keys:
+        if key in wanted_set and len(current) < per_run:
+            current.append(key)
+            continue
+        if current:
+            chunks.append(current)
+        current = [key] if key in wanted_set else []
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def run_backfill(settings: Settings, *, experiment_ids: Sequence[str] = (), per_run: int = 25, out=sys.stdout,
+                 verbose: bool = False) -> bool:
+    """Ingest a (historical) archive and declarations once, then evaluate the experiment partitions in ranged runs
+    of up to ``per_run`` experiments. Re-running changes nothing already recorded."""
+    from experimenttracker_pipeline.definitions import build_definitions
+
+    store = _store(settings)
+    instance = _dagster_instance(settings)
+    definitions = build_definitions(settings)
+    run_config = None if verbose else QUIET_RUN_CONFIG
+    tags = {"experimenttracker/backfill": "cli"}
+    ingest = definitions.resolve_job_def("ingest_job").execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config, tags=tags)
+    print(f"ingest_job: {'success' if ingest.success else 'FAILED'} (run {ingest.run_id})", file=out)
+    ordered = instance.get_dynamic_partitions("experiments")
+    targets = list(experiment_ids) or [r["experiment_id"] for r in store.experiment_rows()]
+    unknown = [t for t in targets if t not in ordered]
+    if unknown:
+        raise CliError(f"unknown experiment(s) {', '.join(unknown)}: declare them in {settings.experiments_dir}")
+    ok = ingest.success
+    job = definitions.resolve_job_def("experiment_job")
+    for chunk in contiguous_chunks(ordered, targets, max(1, per_run)):
+        if len(chunk) == 1:
+            result = job.execute_in_process(instance=instance, partition_key=chunk[0], raise_on_error=False,
+                                            run_config=run_config, tags=tags)
+        else:
+            result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config, tags={
+                **tags, "dagster/asset_partition_range_start": chunk[0], "dagster/asset_partition_range_end": chunk[-1]})
+        label = chunk[0] if len(chunk) == 1 else f"{chunk[0]}..{chunk[-1]} ({len(chunk)} experiments)"
+        print(f"experiment_job[{label}]: {'success' if result.success else 'FAILED'} (run {result.run_id})", file=out)
+        ok &= result.success
+    return ok
+
+
 def status_rows(store: Store) -> list[dict[str, Any]]:
     """One row per experiment: identity, sample and orphan counts, and the latest evaluation when there is one."""
     from experimenttracker_pipeline import decisions
@@ -140,6 +192,10 @@ def _print_table(rows: list[dict[str, Any]], out) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    # Dagster flags beta parameters (backfill_policy, sensor owners) on every import: noise for a CLI user.
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     parser = argparse.ArgumentParser(prog="experimenttracker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="write demo declarations and a demo report archive into the data folder, then run")
@@ -148,6 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("experiment_ids", nargs="*", help="only these experiment partitions (default: all)")
     for command in (demo, run):
         command.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
+    backfill = sub.add_parser("backfill", help="ingest an archive of old report files and declarations, then evaluate "
+                                               "each experiment partition (ranged runs)")
+    backfill.add_argument("experiment_ids", nargs="*", help="only these experiments (default: all)")
+    backfill.add_argument("--landing", help="folder of historical *.jsonl report files (default: the landing folder)")
+    backfill.add_argument("--experiments", help="folder of historical declarations (default: the experiments folder)")
+    backfill.add_argument("--per-run", type=int, default=25, help="experiments per run (default 25)")
+    backfill.add_argument("--verbose", action="store_true")
     status = sub.add_parser("status", help="one row per experiment")
     status.add_argument("--json", action="store_true", help="print a JSON array of objects")
     sub.add_parser("migrate", help="apply pending database migrations and print what ran")
@@ -177,6 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if ok else 1
         if args.command == "run":
             return 0 if run_pipeline(settings, experiment_ids=args.experiment_ids, verbose=args.verbose) else 1
+        if args.command == "backfill":
+            import dataclasses
+
+            settings = dataclasses.replace(
+                settings,
+                landing_dir=Path(args.landing).resolve() if args.landing else settings.landing_dir,
+                experiments_dir=Path(args.experiments).resolve() if args.experiments else settings.experiments_dir)
+            for folder in (settings.landing_dir, settings.experiments_dir):
+                if not folder.is_dir():
+                    raise CliError(f"{folder} is not a folder")
+            ok = run_backfill(settings, experiment_ids=args.experiment_ids, per_run=args.per_run, verbose=args.verbose)
+            return 0 if ok else 1
         if args.command == "status":
             rows = status_rows(_store(settings))
             if args.json:

@@ -88,7 +88,8 @@ def compute_intervals(store: Store, experiment_id: str) -> IntervalsResult:
     variant_count = control_count = None
     if decl.mode == "limited_live":
         variant_count, control_count = store.arm_fill_counts(exp)
-    first_ms, last_ms = store.sample_time_range(experiment_id)
+    # Pairing keeps MAX(recorded_at_ms) in experiment_pairing_state: no scan of the samples for it.
+    last_ms = (store.pairing_states_for(experiment_id) or {}).get("last_sample_at_ms")
     samples_per_day = None
     if last_ms is not None and edge.n and last_ms > exp["started_at_ms"]:
         samples_per_day = edge.n / ((last_ms - exp["started_at_ms"]) / MS_PER_DAY)
@@ -97,6 +98,7 @@ def compute_intervals(store: Store, experiment_id: str) -> IntervalsResult:
                           samples_per_day=samples_per_day, winsorized_stats=winsorized).to_dict()
     evaluation["metrics"] = {name: _metric_interval(st.SufficientStats(*metric_sums[name]), policy) for name in METRIC_COLUMNS}
     evaluation["samples_per_day"] = samples_per_day
+    evaluation["last_sample_at_ms"] = last_ms
     evaluation_id = store.insert_evaluation(experiment_id, evaluation)
     return IntervalsResult(experiment_id, evaluation_id, evaluation)
 
@@ -246,7 +248,7 @@ def apply_goal_surface(store: Store, exp: Mapping[str, Any], decl: ExperimentDec
         final["plain_english"] = ("The new strategy version did better on edge but did not hold a declared guardrail "
                                   f"({', '.join(c for c in variant.reason_codes if 'HARD' in c)}); it will not be promoted.")
     harmed = list(final.get("harmed_segments") or [])
-    first_ms, last_ms = store.sample_time_range(exp["experiment_id"])
+    last_ms = evaluation.get("last_sample_at_ms")
     elapsed = timedelta(milliseconds=max(0, (last_ms or exp["started_at_ms"]) - exp["started_at_ms"]))
     conditional = evaluation.get("conditional_power")
     fired = evaluate_stop_rules(

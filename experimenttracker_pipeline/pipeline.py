@@ -224,7 +224,9 @@ def record_samples(store: Store, experiment_id: str) -> SamplingResult:
         rows = build_sample_rows(experiment_id, pairs, first_n=tail_n + 1, prev_hash=tail_hash)
         store.append_samples(conn, rows)
         total = tail_n + len(rows)
-        last_at = store.last_sample_time(conn, experiment_id) if total else None
+        # The newest sample time so far: the previous state's, or a newer pair's (no scan of the samples).
+        previous_last = store.last_sample_time_state(conn, experiment_id)
+        last_at = max([t for t in [previous_last, *(r["recorded_at_ms"] for r in rows)] if t is not None], default=None)
         store.save_pairing_state(conn, experiment_id, total, len(variants) - len(pairs), len(controls) - len(pairs), last_at,
                                  appended=len(rows))
         batch_mean = sum(r["edge_delta_bps"] for r in rows) / len(rows) if rows else None

@@ -354,6 +354,11 @@ class Store:
                                    "WHERE experiment_id = :e AND sample_n = :n"), {"e": experiment_id, "n": sample_n}).mappings().one()
         return dict(row)
 
+    def last_sample_time_state(self, conn: Connection, experiment_id: str) -> int | None:
+        value = conn.execute(sa.text("SELECT last_sample_at_ms FROM experiment_pairing_state WHERE experiment_id = :e"),
+                             {"e": experiment_id}).scalar()
+        return int(value) if value is not None else None
+
     def last_sample_time(self, conn: Connection, experiment_id: str) -> int | None:
         value = conn.execute(sa.text("SELECT MAX(recorded_at_ms) FROM experiment_samples WHERE experiment_id = :e"),
                              {"e": experiment_id}).scalar()
@@ -374,6 +379,10 @@ class Store:
             "last_appended_at_ms = COALESCE(excluded.last_appended_at_ms, experiment_pairing_state.last_appended_at_ms)"),
             {"e": experiment_id, "n": samples, "ov": orphan_variant, "oc": orphan_control, "t": last_sample_at_ms,
              "appended_at": int(time.time() * 1000) if appended else None})
+
+    def pairing_states_for(self, experiment_id: str) -> dict[str, Any] | None:
+        rows = self.rows("SELECT * FROM experiment_pairing_state WHERE experiment_id = :e", e=experiment_id)
+        return rows[0] if rows else None
 
     def pairing_states(self) -> dict[str, dict[str, Any]]:
         with self.begin() as conn:

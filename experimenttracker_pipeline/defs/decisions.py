@@ -7,7 +7,7 @@ import io
 import dagster as dg
 
 from experimenttracker_pipeline import decisions
-from experimenttracker_pipeline.defs.partitions import experiment_partitions
+from experimenttracker_pipeline.defs.partitions import BACKFILL_POLICY, experiment_partitions, for_each_experiment
 from experimenttracker_pipeline.defs.resources import ExperimentStoreResource, StrategyRegistryResource
 from experimenttracker_pipeline.defs.samples import experiment_samples
 
@@ -55,39 +55,48 @@ def _ci_chart(store, experiment_id: str, evaluation: dict) -> str | None:
 
 
 @dg.asset(partitions_def=experiment_partitions, deps=[experiment_samples], group_name="decision", kinds={"python", "sql"},
-          owners=["team:data-eng"])
+          owners=["team:data-eng"], backfill_policy=BACKFILL_POLICY)
 def confidence_intervals(context: dg.AssetExecutionContext, store: ExperimentStoreResource) -> dg.MaterializeResult:
     """One look at the experiment: the always-valid confidence sequence (the verdict's default basis), the
     fixed-horizon t interval (always reported), group-sequential bounds when declared, power, SRM and
     per-metric CIs, all from sufficient statistics aggregated in SQL."""
     db = store.get_store()
-    result = decisions.compute_intervals(db, context.partition_key)
-    e = result.evaluation
-    table = "| interval | low | high | p |\n|---|---|---|---|\n" + "\n".join(
-        f"| {name} | {e.get(lo)} | {e.get(hi)} | {e.get(p)} |" for name, lo, hi, p in (
-            (f"chosen ({e['ci_method']})", "ci_95_low", "ci_95_high", "p_value"),
-            ("always-valid", "always_valid_ci_95_low", "always_valid_ci_95_high", "always_valid_p_value"),
-            ("fixed-horizon t", "fixed_ci_95_low", "fixed_ci_95_high", "fixed_p_value")))
-    chart = _ci_chart(db, context.partition_key, e)
-    if chart:
-        table += f"\n\n![confidence sequence](data:image/png;base64,{chart})"
-    return dg.MaterializeResult(metadata={
-        "samples": e["samples"], "edge_delta_bps": _num(e["edge_delta_bps"]),
-        "ci_95_low": _num(e["ci_95_low"]), "ci_95_high": _num(e["ci_95_high"]),
-        "fixed_ci_95_low": _num(e["fixed_ci_95_low"]), "fixed_ci_95_high": _num(e["fixed_ci_95_high"]),
-        "p_value": _num(e["p_value"]), "fixed_p_value": _num(e["fixed_p_value"]), "power": _num(e.get("power")),
-        "ci_method": e["ci_method"], "evaluation_id": result.evaluation_id, "intervals": dg.MetadataValue.md(table),
-        "metrics": dg.MetadataValue.json(e["metrics"]),
-    })
+
+    def metadata(result: decisions.IntervalsResult) -> dict:
+        e = result.evaluation
+        table = "| interval | low | high | p |\n|---|---|---|---|\n" + "\n".join(
+            f"| {name} | {e.get(lo)} | {e.get(hi)} | {e.get(p)} |" for name, lo, hi, p in (
+                (f"chosen ({e['ci_method']})", "ci_95_low", "ci_95_high", "p_value"),
+                ("always-valid", "always_valid_ci_95_low", "always_valid_ci_95_high", "always_valid_p_value"),
+                ("fixed-horizon t", "fixed_ci_95_low", "fixed_ci_95_high", "fixed_p_value")))
+        chart = _ci_chart(db, result.experiment_id, e)
+        if chart:
+            table += f"\n\n![confidence sequence](data:image/png;base64,{chart})"
+        return {
+            "samples": e["samples"], "edge_delta_bps": _num(e["edge_delta_bps"]),
+            "ci_95_low": _num(e["ci_95_low"]), "ci_95_high": _num(e["ci_95_high"]),
+            "fixed_ci_95_low": _num(e["fixed_ci_95_low"]), "fixed_ci_95_high": _num(e["fixed_ci_95_high"]),
+            "p_value": _num(e["p_value"]), "fixed_p_value": _num(e["fixed_p_value"]), "power": _num(e.get("power")),
+            "ci_method": e["ci_method"], "evaluation_id": result.evaluation_id, "intervals": dg.MetadataValue.md(table),
+            "metrics": dg.MetadataValue.json(e["metrics"]),
+        }
+
+    return for_each_experiment(context, lambda experiment_id: decisions.compute_intervals(db, experiment_id), metadata,
+                               ["evaluation_id"])
 
 
 @dg.asset(partitions_def=experiment_partitions, deps=[confidence_intervals], group_name="decision", kinds={"python", "sql"},
-          owners=["team:data-eng"])
+          owners=["team:data-eng"], backfill_policy=BACKFILL_POLICY)
 def causal_estimates(context: dg.AssetExecutionContext, store: ExperimentStoreResource) -> dg.MaterializeResult:
     """IPW / doubly robust (AIPW) effects for limited-live experiments (propensities logged or estimated),
     overlap diagnostics, and segment effects with Holm-corrected CIs; a segment whose CI lies below the harm
     margin is a harmed segment and blocks any promotion."""
-    run = decisions.compute_causal(store.get_store(), context.partition_key)
+    db = store.get_store()
+    return for_each_experiment(context, lambda experiment_id: decisions.compute_causal(db, experiment_id), _causal_metadata,
+                               ["causal_id"])
+
+
+def _causal_metadata(run: decisions.CausalRun) -> dict:
     r = run.result
     rows = []
     for name in ("naive_diff", "ipw", "aipw", "paired"):
@@ -99,52 +108,66 @@ def causal_estimates(context: dg.AssetExecutionContext, store: ExperimentStoreRe
         f"| {s.get('covariate')}={s.get('value')} | {s.get('n')} | {s.get('estimate_bps')} | {s.get('ci_95_low')} | "
         f"{s.get('ci_95_high')} | {'**HARMED**' if s.get('harmed') else ''} |" for s in r.get("segments") or [])
     aipw = r.get("aipw") or {}
-    return dg.MaterializeResult(metadata={
+    return {
         "aipw_estimate_bps": _num(aipw.get("estimate_bps")), "naive_diff_bps": _num(r.get("naive_diff_bps")),
         "harmed_segments": dg.MetadataValue.json(r.get("harmed_segments") or []),
         "warnings": dg.MetadataValue.json(r.get("warnings") or []),
         "overlap": dg.MetadataValue.json(r.get("overlap") or {}),
         "ate_by_method": dg.MetadataValue.md(ate), "segments": dg.MetadataValue.md(segments),
         "causal_id": run.causal_id,
-    })
+    }
 
 
 @dg.asset(partitions_def=experiment_partitions, deps=[causal_estimates], group_name="decision", kinds={"python", "sql"},
-          owners=["team:data-eng"])
+          owners=["team:data-eng"], backfill_policy=BACKFILL_POLICY)
 def verdicts(context: dg.AssetExecutionContext, store: ExperimentStoreResource) -> dg.MaterializeResult:
     """The verdict (variant_wins, control_wins, inconclusive, insufficient_samples, srm_blocked,
     harm_detected) with the CI it used; emits EXPERIMENT_RESULT (spec section 13) only when the verdict or
     the evidence changed materially."""
-    result = decisions.decide(store.get_store(), context.partition_key)
-    v = result.verdict
-    return dg.MaterializeResult(metadata={
-        "verdict": v["verdict"], "basis": v["basis"], "samples": v["samples"],
-        "edge_delta_bps": _num(v["edge_delta_bps"]), "ci_95_low": _num(v["ci_95_low"]), "ci_95_high": _num(v["ci_95_high"]),
-        "drift": bool(v["drift_signalled"]), "reason_codes": dg.MetadataValue.json(v["reason_codes"]),
-        "report_emitted": result.report["report_id"] if result.report else dg.MetadataValue.null(),
-        "plain_english": dg.MetadataValue.md(v["plain_english"] or ""),
-    })
+    db = store.get_store()
+
+    def metadata(result: decisions.VerdictResult) -> dict:
+        from experimenttracker_pipeline import governance_ops
+
+        v = result.verdict
+        views = governance_ops.persona_views(db, result.experiment_id)
+        return {
+            "verdict": v["verdict"], "basis": v["basis"], "samples": v["samples"],
+            "edge_delta_bps": _num(v["edge_delta_bps"]), "ci_95_low": _num(v["ci_95_low"]), "ci_95_high": _num(v["ci_95_high"]),
+            "drift": bool(v["drift_signalled"]), "reason_codes": dg.MetadataValue.json(v["reason_codes"]),
+            "report_emitted": result.report["report_id"] if result.report else dg.MetadataValue.null(),
+            "plain_english": dg.MetadataValue.md(v["plain_english"] or ""),
+            "stop_rules": dg.MetadataValue.json(v.get("stop_rules") or []),
+            "view_trader": dg.MetadataValue.md(views.get("trader", "")),
+            "view_risk": dg.MetadataValue.md(views.get("risk", "")),
+            "view_governance": dg.MetadataValue.md(views.get("governance", "")),
+        }
+
+    return for_each_experiment(context, lambda experiment_id: decisions.decide(db, experiment_id), metadata, ["verdict_id"])
 
 
 @dg.asset(partitions_def=experiment_partitions, deps=[verdicts], group_name="decision", kinds={"python", "sql"},
-          owners=["team:data-eng"])
+          owners=["team:data-eng"], backfill_policy=BACKFILL_POLICY)
 def drift_signals(context: dg.AssetExecutionContext, store: ExperimentStoreResource,
                   registry: StrategyRegistryResource) -> dg.MaterializeResult:
     """One drift signal per experiment to the StrategyRegistry when the variant underperforms (on the same
     always-valid footing as the verdict); pending signals are retried until delivered."""
-    result = decisions.signal_drift(store.get_store(), context.partition_key, registry.get_registry())
-    return dg.MaterializeResult(metadata={"signalled_now": result.signalled_now, "delivered_now": result.delivered,
-                                          "pending": result.pending})
+    db, client = store.get_store(), registry.get_registry()
+    return for_each_experiment(context, lambda experiment_id: decisions.signal_drift(db, experiment_id, client),
+                               lambda r: {"signalled_now": r.signalled_now, "delivered_now": r.delivered, "pending": r.pending},
+                               ["signalled_now", "delivered", "pending"])
 
 
 @dg.asset(partitions_def=experiment_partitions, deps=[verdicts], group_name="decision", kinds={"python", "sql"},
-          owners=["team:data-eng"])
+          owners=["team:data-eng"], backfill_policy=BACKFILL_POLICY)
 def promotions(context: dg.AssetExecutionContext, store: ExperimentStoreResource) -> dg.MaterializeResult:
     """The promotion gate: a winning variant is promoted only with a human sign-off of that verdict report
     when one is required (require_human_signoff, or traffic_split_pct > 50); never on auto-promote alone."""
-    result = decisions.promotion_state(store.get_store(), context.partition_key, apply=True)
-    return dg.MaterializeResult(metadata={"state": result.state, "reason_code": result.reason_code,
-                                          "detail": result.detail, "promoted_now": result.promoted_now})
+    db = store.get_store()
+    return for_each_experiment(context, lambda experiment_id: decisions.promotion_state(db, experiment_id, apply=True),
+                               lambda r: {"state": r.state, "reason_code": r.reason_code, "detail": r.detail,
+                                          "promoted_now": r.promoted_now},
+                               ["state", "reason_code"])
 
 
 @dg.asset_check(asset=promotions, name=PROMOTION_CHECK, blocking=True,

@@ -5,7 +5,7 @@ import dagster as dg
 
 from experimenttracker_pipeline import pipeline
 from experimenttracker_pipeline.defs.ingestion import experiments, raw_reports
-from experimenttracker_pipeline.defs.partitions import experiment_partitions
+from experimenttracker_pipeline.defs.partitions import BACKFILL_POLICY, experiment_partitions, for_each_experiment
 from experimenttracker_pipeline.defs.resources import ExperimentStoreResource
 from experimenttracker_pipeline.store import ImmutableSampleError
 
@@ -13,16 +13,24 @@ SAMPLES_CHAIN_CHECK = "samples_hash_chain_intact"
 
 
 @dg.asset(partitions_def=experiment_partitions, deps=[experiments, raw_reports], group_name="samples",
-          kinds={"python", "sql"}, owners=["team:data-eng"], pool="experiment_store")
+          kinds={"python", "sql"}, owners=["team:data-eng"], pool="experiment_store", backfill_policy=BACKFILL_POLICY)
 def experiment_samples(context: dg.AssetExecutionContext, store: ExperimentStoreResource) -> dg.MaterializeResult:
     """Append-only matched-pair samples of one experiment (shadow: same pair_key; limited-live: nearest
     control fill in the same market within the caliper). Re-materializing appends only new pairs."""
-    experiment_id = context.partition_key
-    try:
-        result = pipeline.record_samples(store.get_store(), experiment_id)
-    except ImmutableSampleError as exc:
-        raise dg.Failure(str(exc)) from exc
-    return dg.MaterializeResult(metadata={
+    db = store.get_store()
+
+    def work(experiment_id: str):
+        try:
+            return pipeline.record_samples(db, experiment_id)
+        except ImmutableSampleError as exc:
+            raise dg.Failure(str(exc)) from exc
+
+    return for_each_experiment(context, work, _samples_metadata,
+                               ["total_samples", "new_samples", "orphan_variant", "orphan_control"])
+
+
+def _samples_metadata(result: pipeline.SamplingResult) -> dict:
+    return {
         "dagster/row_count": result.total_samples,
         "new_samples": result.new_samples,
         "orphan_variant_fills": result.orphan_variant,
@@ -32,7 +40,7 @@ def experiment_samples(context: dg.AssetExecutionContext, store: ExperimentStore
         "batch_mean_edge_delta_bps": (round(result.batch_mean_edge_delta_bps, 4)
                                       if result.batch_mean_edge_delta_bps is not None else dg.MetadataValue.null()),
         "mode": result.mode,
-    })
+    }
 
 
 @dg.asset_check(asset=experiment_samples, name=SAMPLES_CHAIN_CHECK, blocking=True,
@@ -41,6 +49,8 @@ def samples_hash_chain_intact(context: dg.AssetCheckExecutionContext, store: Exp
     db = store.get_store()
     if context.has_partition_key:
         experiment_ids = [context.partition_key]
+    elif getattr(context, "has_partition_key_range", False):
+        experiment_ids = list(context.partition_keys)
     else:
         experiment_ids = [row["experiment_id"] for row in db.experiment_rows()]
     checked, broken = 0, {}
