@@ -126,7 +126,9 @@ def combine_verdict(exp: Mapping[str, Any], evaluation: Mapping[str, Any], causa
     decidable = verdict in (VARIANT_WINS, CONTROL_WINS, "inconclusive")
     if causal and decidable:
         basis = causal.get("verdict_basis")
-        estimate = (causal.get(basis) or {}) if basis in ("aipw", "ipw") else {}
+        # "naive" is the causal layer's basis only when the logged propensity is constant (plain randomisation), so
+        # the paired CI stays valid; otherwise the (trimmed) AIPW estimate is the basis, never a difference of means.
+        estimate = (causal.get(basis) or {}) if basis in ("aipw", "aipw_trimmed", "ipw") else {}
         if exp["mode"] == "limited_live" and estimate.get("estimate_bps") is not None and estimate.get("se"):
             n_fills = int(causal.get("n") or causal.get("fills") or final["samples"] or 0)
             low, high = _always_valid_from_estimate(estimate["estimate_bps"], estimate["se"], max(n_fills, 2), policy)
@@ -135,6 +137,12 @@ def combine_verdict(exp: Mapping[str, Any], evaluation: Mapping[str, Any], causa
                          edge_delta_bps=estimate["estimate_bps"], paired_ci_95_low=evaluation.get("ci_95_low"),
                          paired_ci_95_high=evaluation.get("ci_95_high"))
             final["plain_english"] = PLAIN_ENGLISH.get(verdict, final["plain_english"])
+            if causal.get("estimate_reliable") is False:
+                # Poor overlap or tiny arms: a warning reason code, not a confident number (issue 5).
+                verdict = "inconclusive"
+                final.update(verdict=verdict, plain_english=(
+                    "The routing left too little overlap between variant and control fills to estimate the effect "
+                    "reliably; no conclusion is drawn."))
             if verdict == CONTROL_WINS:
                 final["drift_signalled"] = True
         harmed = list(causal.get("harmed_segments") or [])

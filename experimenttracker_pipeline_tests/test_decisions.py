@@ -311,3 +311,30 @@ def test_invalid_contract_is_rejected_on_load(store, workdirs):
     assert sync.new == ["exp_ok"]
     (error,) = sync.rejected
     assert error.field == "principal" and "bad.yaml" in str(error)
+
+
+def test_confounded_limited_live_is_judged_on_aipw_not_the_naive_difference(store, workdirs):
+    """Deep markets are routed to the variant more often and also have higher edge: the naive difference of
+    means says the variant helps; the true effect is -4 bps and the verdict must say so."""
+    (workdirs["experiments"] / "ll.yaml").write_text(declaration("exp_conf", mode="limited_live", traffic_split_pct=30,
+                                                                 min_samples_for_decision=50))
+    pipeline.sync_declarations(store, workdirs["experiments"])
+    rng = np.random.default_rng(31)
+    records = []
+    for i in range(3000):
+        deep = i % 2 == 0
+        propensity = 0.5 if deep else 0.1
+        treated = rng.random() < propensity
+        edge_bps = (20.0 if deep else 0.0) + (-4.0 if treated else 0.0) + rng.normal(0, 3)
+        slug = "v-slug" if treated else "c-slug"
+        records.append(fill(f"f{i}", slug, "live", f"p{i}", t=i * 500, market=f"m{i % 10}", edge=edge_bps / 100.0,
+                            assignment_propensity=propensity, covariates={"liquidity": "deep" if deep else "thin"}))
+    write_jsonl(workdirs["landing"] / "conf.jsonl", records)
+    pipeline.ingest_landing(store, workdirs["landing"])
+    pipeline.record_samples(store, "exp_conf")
+    verdict, drift, _ = _evaluate(store, "exp_conf")
+    causal = json.loads(store.latest_row("causal_estimates", "exp_conf")["result_json"])
+    assert causal["naive_diff_bps"] > 0  # the biased comparison has the wrong sign
+    assert causal["aipw"]["ci_95_low"] < -4 < causal["aipw"]["ci_95_high"]
+    assert verdict.verdict["basis"].startswith("aipw")
+    assert verdict.verdict["verdict"] == "control_wins" and drift.signalled_now
