@@ -425,14 +425,7 @@ class Store:
         return body if result.rowcount == 1 else None
 
     def reports(self, experiment_id: str | None = None, event_type: str | None = None) -> list[dict[str, Any]]:
-        clauses, params = [], {}
-        if experiment_id is not None:
-            clauses.append("experiment_id = :e")
-            params["e"] = experiment_id
-        if event_type is not None:
-            clauses.append("event_type = :t")
-            params["t"] = event_type
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, params = _where(experiment_id=experiment_id, event_type=event_type)
         with self.begin() as conn:
             rows = conn.execute(sa.text(f"SELECT payload_json FROM operations_reports{where} ORDER BY created_at, report_id"), params)
             return [json.loads(r[0]) for r in rows]
@@ -707,14 +700,7 @@ class Store:
         return result.rowcount == 1
 
     def signals(self, experiment_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        clauses, params = [], {}
-        if experiment_id is not None:
-            clauses.append("experiment_id = :e")
-            params["e"] = experiment_id
-        if status is not None:
-            clauses.append("delivery_status = :s")
-            params["s"] = status
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, params = _where(experiment_id=experiment_id, delivery_status=status)
         return self.rows(f"SELECT * FROM strategy_registry_signals{where} ORDER BY id", **params)
 
     def mark_signal(self, signal_id: int, *, delivered: bool, error: str | None = None) -> None:
@@ -794,6 +780,13 @@ class Store:
 
     def open_stalls(self) -> dict[str, dict[str, Any]]:
         return {r["experiment_id"]: r for r in self.rows("SELECT * FROM experiment_stalls WHERE resolved_at_ms IS NULL")}
+
+
+def _where(**equals: Any) -> tuple[str, dict[str, Any]]:
+    """A WHERE clause of column = :column for the given non-None values (column names are code, never input)."""
+    present = {column: value for column, value in equals.items() if value is not None}
+    clause = " AND ".join(f"{column} = :{column}" for column in present)
+    return (f" WHERE {clause}" if clause else ""), present
 
 
 def _conflict_row(line_no: int, fill: Fill, other_line: int, other_file: str) -> QuarantineRow:
