@@ -29,9 +29,8 @@ from experimenttracker_pipeline.store import Store  # noqa: E402
 BASE_MS = 1_778_000_000_000
 
 
-def generate(path: Path, reports: int, experiments: int) -> list[dict]:
+def generate(path: Path, reports: int, experiments: int) -> None:
     """Write `reports` fills (half variant shadow, half live control, matched by pair_key) as JSONL."""
-    rows = []
     with path.open("w", encoding="utf-8") as handle:
         for i in range(reports // 2):
             e = i % experiments
@@ -44,9 +43,6 @@ def generate(path: Path, reports: int, experiments: int) -> list[dict]:
                           "notional_pusd": 55.0 + i % 30, "edge_pusd": ((i * 7919) % 200 - 100) / 100.0,
                           "slippage_bps": 2.0 + (i % 5), "recorded_at_ms": t, "covariates": {"category": f"c{i % 4}"}}
                 handle.write(json.dumps(record) + "\n")
-                if len(rows) < reports:
-                    rows.append(record)
-    return rows
 
 
 def raw_copy_seconds(url: str, path: Path) -> float:
@@ -61,16 +57,19 @@ def raw_copy_seconds(url: str, path: Path) -> float:
             "strategy_slug text, mode text, pair_key text, market_id text, size_pusd float8, notional_pusd float8, "
             "edge_pusd float8, slippage_bps float8, recorded_at_ms bigint, covariates text)")
     start = time.perf_counter()
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    with path.open("r", encoding="utf-8") as handle:
-        for line in handle:  # parsing JSON is part of any honest baseline: the input is JSON lines
-            record = json.loads(line)
-            writer.writerow([record[c] if c != "covariates" else json.dumps(record[c]) for c in columns])
-    buffer.seek(0)
-    with engine.begin() as conn:
-        conn.connection.driver_connection.cursor().copy_expert(
-            f"COPY bare_copy ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer)
+    with engine.begin() as conn, path.open("r", encoding="utf-8") as handle:
+        cursor = conn.connection.driver_connection.cursor()
+        while True:  # chunks of 50,000 lines, like ingestion, so memory is comparable
+            lines = [line for _, line in zip(range(50_000), handle)]
+            if not lines:
+                break
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            for line in lines:  # parsing JSON is part of any honest baseline: the input is JSON lines
+                record = json.loads(line)
+                writer.writerow([record[c] if c != "covariates" else json.dumps(record[c]) for c in columns])
+            buffer.seek(0)
+            cursor.copy_expert(f"COPY bare_copy ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer)
     elapsed = time.perf_counter() - start
     engine.dispose()
     return elapsed
