@@ -446,7 +446,13 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
         arms_present = len(rows) >= MIN_CAUSAL_ROWS and 0 < sum(r["treatment"] for r in rows) < len(rows)
         if arms_present:
             frame["propensity"] = frame["propensity"].astype(float)
-            result = analyse_experiment(frame, covariates, mode="limited_live", seed=CAUSAL_SEED).to_dict()
+            decl = declaration_of(exp)
+            instrument = decl.instrument if decl.instrument in covariates else None
+            if decl.instrument and instrument is None:
+                log.warning("%s: declared instrument %r is not a covariate of its fills", experiment_id, decl.instrument)
+            result = analyse_experiment(frame, [c for c in covariates if c != instrument], mode="limited_live",
+                                        seed=CAUSAL_SEED, harm_margin_bps=decl.harm_margin_bps,
+                                        instrument=instrument).to_dict()
         fills = len(rows)
     else:
         rows = store.sample_deltas_with_covariates(experiment_id)
@@ -455,7 +461,7 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
         if arms_present:
             frame = frame.rename(columns={"edge_delta_bps": "paired_delta_bps"})
             result = analyse_experiment(frame, covariates, mode="shadow_only", paired_deltas=frame["paired_delta_bps"].to_numpy(),
-                                        seed=CAUSAL_SEED).to_dict()
+                                        seed=CAUSAL_SEED, harm_margin_bps=declaration_of(exp).harm_margin_bps).to_dict()
         fills = 2 * len(rows)
     if not arms_present:
         result = {"warnings": [CAUSAL_INSUFFICIENT_DATA], "n": len(rows), "harmed_segments": [], "segments": [],

@@ -65,6 +65,10 @@ class ExperimentDeclaration:
     mde_bps: float | None = None
     winsorize_pct: float | None = None
     expected_sd_bps: float | None = None
+    # Causal plan (issue 5): a covariate that is a valid instrument (e.g. the router's random draw), and the
+    # harm margin below which a segment's corrected CI marks it harmed.
+    instrument: str | None = None
+    harm_margin_bps: float = 0.0
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -201,6 +205,12 @@ def parse_declaration(raw: Any, source: str, *, default_caliper_seconds: float =
     winsor = _number(raw, "winsorize_pct", source, None)
     if winsor is not None and not 0 < winsor < 50:
         raise DeclarationError(source, "winsorize_pct", "must be a tail percentage in (0, 50), e.g. 1 clips at the 1st and 99th percentiles")
+    instrument = raw.get("instrument")
+    if instrument is not None and (not isinstance(instrument, str) or not instrument.strip()):
+        raise DeclarationError(source, "instrument", "must name a covariate of the fills")
+    harm_margin = _number(raw, "harm_margin_bps", source, 0.0)
+    if harm_margin < 0:
+        raise DeclarationError(source, "harm_margin_bps", "must be >= 0 (a segment is harmed below -harm_margin_bps)")
     expected_sd = _number(raw, "expected_sd_bps", source, None)
     if expected_sd is not None and expected_sd <= 0:
         raise DeclarationError(source, "expected_sd_bps", "must be > 0")
@@ -225,6 +235,8 @@ def parse_declaration(raw: Any, source: str, *, default_caliper_seconds: float =
         mde_bps=mde,
         winsorize_pct=winsor,
         expected_sd_bps=expected_sd,
+        instrument=instrument,
+        harm_margin_bps=harm_margin,
         raw=dict(raw),
     )
 
