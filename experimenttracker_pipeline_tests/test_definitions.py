@@ -124,3 +124,17 @@ def test_demo_verdicts_drift_and_signoff_end_to_end(db_url, tmp_path):
         store.dispose()
     finally:
         server.close()
+
+
+def test_dg_check_defs_loads_the_project(tmp_path):
+    """`dg dev` / `dg launch` load the project's Definitions through [tool.dg]; `dg check defs` is that load."""
+    import os
+    import subprocess
+    import sys
+
+    dg_cli = Path(sys.executable).parent / "dg"
+    env = {**os.environ, "EXPERIMENTTRACKER_DATA_DIR": str(tmp_path)}
+    result = subprocess.run([str(dg_cli), "check", "defs"], cwd=Path(__file__).resolve().parent.parent, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
