@@ -173,7 +173,8 @@ def _result_payload(exp: Mapping[str, Any], final: Mapping[str, Any], evaluation
         "drift_signalled": bool(final["drift_signalled"]), "reason_codes": final["reason_codes"],
         "plain_english": final["plain_english"], "evaluation_id": evaluation_id,
     }
-    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else (None if isinstance(v, float) else v))
+    # Six significant digits (not decimals): a p-value of 3e-15 must not be reported as 0.
+    return {k: (float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else (None if isinstance(v, float) else v))
             for k, v in payload.items()}
 
 

@@ -362,3 +362,10 @@ def test_declared_instrument_gives_a_2sls_estimate(store, workdirs):
     decisions.compute_causal(store, "exp_iv")
     iv = json.loads(store.latest_row("causal_estimates", "exp_iv")["result_json"])["iv"]
     assert iv["ci_95_low"] < -3 < iv["ci_95_high"] and not iv["weak_instrument"] and iv["first_stage_f"] > 10
+
+
+def test_report_keeps_tiny_p_values(store, workdirs):
+    rng = np.random.default_rng(51)
+    _experiment(store, workdirs, rng.normal(8, 5, 400))
+    verdict, _, _ = _evaluate(store)
+    assert 0 < verdict.report["fixed_p_value"] < 1e-10 and 0 < verdict.report["p_value"] < 1e-3
