@@ -20,16 +20,17 @@ reports_job = dg.define_asset_job(
     "reports_job", selection=dg.AssetSelection.assets(raw_reports),
     description="Ingest new or grown landing files of the report bus archive.")
 
+# The per-experiment steps run one after another, so a subprocess per step would only add start-up time.
 samples_job = dg.define_asset_job(
-    "samples_job", selection=dg.AssetSelection.assets(experiment_samples),
+    "samples_job", selection=dg.AssetSelection.assets(experiment_samples), executor_def=dg.in_process_executor,
     description="Pair new fills of one experiment into samples.")
 
 evaluation_job = dg.define_asset_job(
-    "evaluation_job", selection=dg.AssetSelection.assets(confidence_intervals).downstream(),
+    "evaluation_job", selection=dg.AssetSelection.assets(confidence_intervals).downstream(), executor_def=dg.in_process_executor,
     description="Evaluate one experiment: CI -> causal -> verdict -> drift signal and promotion gate.")
 
 # Everything per experiment, from its samples down to the drift signal (CLI `run`, backfills).
 experiment_job = dg.define_asset_job(
-    "experiment_job", selection=dg.AssetSelection.assets(experiment_samples).downstream(),
+    "experiment_job", selection=dg.AssetSelection.assets(experiment_samples).downstream(), executor_def=dg.in_process_executor,
     description="Pair new fills into samples and evaluate one experiment (one partition).",
     tags={"experimenttracker/stage": "experiment"})

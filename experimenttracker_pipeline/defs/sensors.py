@@ -33,29 +33,38 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _run_state(instance: dg.DagsterInstance, run_key: str | None) -> str:
-    if run_key is None:
-        return sensing.RUN_UNKNOWN
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
-    if not runs:
-        return sensing.RUN_UNKNOWN
-    status = runs[0].status
+def _state_of(status: dg.DagsterRunStatus) -> str:
     if status in _IN_FLIGHT:
         return sensing.RUN_IN_FLIGHT
     return sensing.RUN_SUCCEEDED if status == dg.DagsterRunStatus.SUCCESS else sensing.RUN_FAILED
 
 
-def _request(context, cursor: dict, base_key: str, **run_request) -> dg.RunRequest | None:
+class _RunStates:
+    """The state of the newest run of every run key the cursor remembers, read with one query per 500 keys at
+    the start of a tick (instead of one query per key, twice per tick)."""
+
+    def __init__(self, instance: dg.DagsterInstance, cursor: dict):
+        keys = sorted({entry[2] for entry in cursor.get("requested", {}).values()})
+        self.states: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            for run in instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": keys[i:i + 500]})):
+                self.states.setdefault(run.tags["dagster/run_key"], _state_of(run.status))  # newest first
+
+    def __call__(self, run_key: str | None) -> str:
+        return sensing.RUN_UNKNOWN if run_key is None else self.states.get(run_key, sensing.RUN_UNKNOWN)
+
+
+def _request(states: _RunStates, cursor: dict, base_key: str, **run_request) -> dg.RunRequest | None:
     key = sensing.keyed_request(cursor, base_key, _now_ms(), retry_after_ms=RETRY_AFTER_MS,
-                                last_run_state=_run_state(context.instance, sensing.last_key(cursor, base_key)))
+                                last_run_state=states(sensing.last_key(cursor, base_key)))
     return dg.RunRequest(run_key=key, **run_request) if key else None
 
 
-def _done(context, cursor: dict, prefix: str, keep: set[str]) -> set[str]:
+def _done(states: _RunStates, cursor: dict, prefix: str, keep: set[str]) -> set[str]:
     """Keys under ``prefix`` still worth remembering: the current ones, and older ones not yet succeeded."""
     live = {k for k in cursor.get("requested", {}) if not k.startswith(prefix)} | keep
     for key in cursor.get("requested", {}):
-        if key.startswith(prefix) and key not in keep and _run_state(context.instance, sensing.last_key(cursor, key)) != sensing.RUN_SUCCEEDED:
+        if key.startswith(prefix) and key not in keep and states(sensing.last_key(cursor, key)) != sensing.RUN_SUCCEEDED:
             live.add(key)
     return live
 
@@ -64,6 +73,7 @@ def _done(context, cursor: dict, prefix: str, keep: set[str]) -> set[str]:
            description="A new or changed declaration file registers the experiment (partition, EXPERIMENT_STARTED once).")
 def new_experiments_sensor(context: dg.SensorEvaluationContext, settings: PipelineSettingsResource):
     cursor = json.loads(context.cursor or "{}")
+    states = _RunStates(context.instance, cursor)
     try:
         signature = sensing.folder_signature(settings.experiments_path, (".yaml", ".yml"))
     except OSError as exc:
@@ -71,8 +81,8 @@ def new_experiments_sensor(context: dg.SensorEvaluationContext, settings: Pipeli
     if not signature:
         return dg.SkipReason("no declaration files")
     base = "declarations:" + sensing.digest(signature.items())
-    request = _request(context, cursor, base)
-    sensing.prune_requested(cursor, _done(context, cursor, "declarations:", {base}))
+    request = _request(states, cursor, base)
+    sensing.prune_requested(cursor, _done(states, cursor, "declarations:", {base}))
     return dg.SensorResult(run_requests=[request] if request else [], cursor=json.dumps(cursor))
 
 
@@ -80,6 +90,7 @@ def new_experiments_sensor(context: dg.SensorEvaluationContext, settings: Pipeli
            description="New or grown landing files request one ingestion run (keyed by the files' sizes).")
 def new_reports_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource, settings: PipelineSettingsResource):
     cursor = json.loads(context.cursor or "{}")
+    states = _RunStates(context.instance, cursor)
     try:
         signature = sensing.folder_signature(settings.landing_path, (".jsonl",), recursive=True)
         behind = sensing.files_behind(signature, store.get_store().landing_state())
@@ -88,11 +99,11 @@ def new_reports_sensor(context: dg.SensorEvaluationContext, store: ExperimentSto
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}; nothing is lost, ingestion resumes on reconnect")
     if not behind:
-        sensing.prune_requested(cursor, _done(context, cursor, "reports:", set()))
+        sensing.prune_requested(cursor, _done(states, cursor, "reports:", set()))
         return dg.SensorResult(run_requests=[], cursor=json.dumps(cursor))
     base = "reports:" + sensing.digest(behind.items())
-    request = _request(context, cursor, base, tags={"experimenttracker/files": str(len(behind))})
-    sensing.prune_requested(cursor, _done(context, cursor, "reports:", {base}))
+    request = _request(states, cursor, base, tags={"experimenttracker/files": str(len(behind))})
+    sensing.prune_requested(cursor, _done(states, cursor, "reports:", {base}))
     return dg.SensorResult(run_requests=[request] if request else [], cursor=json.dumps(cursor))
 
 
@@ -100,28 +111,38 @@ def new_reports_sensor(context: dg.SensorEvaluationContext, store: ExperimentSto
            description="Experiments whose arms received new fills get a pairing run for their partition.")
 def pairing_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource):
     cursor = json.loads(context.cursor or "{}")
+    states = _RunStates(context.instance, cursor)
+    known = set(context.instance.get_dynamic_partitions("experiments"))
     try:
         db = store.get_store()
         newest, by_slug = db.batch_slugs_since(int(cursor.get("batch", 0)))
-        snapshot = db.sensor_snapshot()
+        eligible = [r for r in db.sensor_snapshot() if r["experiment_id"] in known]
+        # An experiment that became known since the last tick may have fills in batches the cursor has already
+        # passed (an archive ingested before its declaration, or reports_job committing before declarations_job):
+        # count all its fills, not only the new batches'.
+        seen = set(cursor.get("experiments", [r["experiment_id"] for r in eligible] if "batch" in cursor else []))
+        fresh = [r for r in eligible if r["experiment_id"] not in seen]
+        ever = db.batch_slugs_since(0)[1] if fresh else {}
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}")
-    known = set(context.instance.get_dynamic_partitions("experiments"))
+    cursor["experiments"] = sorted(seen | {r["experiment_id"] for r in eligible})
+    items = {i.key: i for i in sensing.pairing_requests([r for r in eligible if r["experiment_id"] in seen], by_slug, newest)}
+    items.update({i.key: i for i in sensing.pairing_requests(fresh, ever, newest)})
     requests, keep = [], set()
-    for item in sensing.pairing_requests([r for r in snapshot if r["experiment_id"] in known], by_slug, newest):
+    for item in items.values():
         keep.add(item.key)
-        request = _request(context, cursor, item.key, partition_key=item.target, tags={EXPERIMENT_TAG: item.target})
+        request = _request(states, cursor, item.key, partition_key=item.target, tags={EXPERIMENT_TAG: item.target})
         if request:
             requests.append(request)
     for key in list(cursor.get("requested", {})):  # retry earlier pairing requests whose run failed
-        if key not in keep and _run_state(context.instance, sensing.last_key(cursor, key)) == sensing.RUN_FAILED:
+        if key not in keep and states(sensing.last_key(cursor, key)) == sensing.RUN_FAILED:
             keep.add(key)
             target = key.split(":")[1]
-            request = _request(context, cursor, key, partition_key=target, tags={EXPERIMENT_TAG: target})
+            request = _request(states, cursor, key, partition_key=target, tags={EXPERIMENT_TAG: target})
             if request:
                 requests.append(request)
     cursor["batch"] = newest
-    sensing.prune_requested(cursor, _done(context, cursor, "samples:", keep))
+    sensing.prune_requested(cursor, _done(states, cursor, "samples:", keep))
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
 
 
@@ -130,6 +151,7 @@ def pairing_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreRe
                        "further step (EXPERIMENTTRACKER_EVALUATION_STEP_PCT, default +10%); never twice for one count.")
 def sample_threshold_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource):
     cursor = json.loads(context.cursor or "{}")
+    states = _RunStates(context.instance, cursor)
     try:
         snapshot = store.get_store().sensor_snapshot()
     except StoreUnavailable as exc:
@@ -139,18 +161,18 @@ def sample_threshold_sensor(context: dg.SensorEvaluationContext, store: Experime
     for item in sensing.evaluation_requests([r for r in snapshot if r["experiment_id"] in known], cursor,
                                             step_pct=EVALUATION_STEP_PCT, step_n=EVALUATION_STEP_N):
         keep.add(item.key)
-        request = _request(context, cursor, item.key, partition_key=item.target,
+        request = _request(states, cursor, item.key, partition_key=item.target,
                            tags={EXPERIMENT_TAG: item.target, "experimenttracker/samples": str(item.detail["samples"])})
         if request:
             requests.append(request)
     for key in list(cursor.get("requested", {})):
-        if key not in keep and _run_state(context.instance, sensing.last_key(cursor, key)) == sensing.RUN_FAILED:
+        if key not in keep and states(sensing.last_key(cursor, key)) == sensing.RUN_FAILED:
             keep.add(key)
             target = key.split(":")[1]
-            request = _request(context, cursor, key, partition_key=target, tags={EXPERIMENT_TAG: target})
+            request = _request(states, cursor, key, partition_key=target, tags={EXPERIMENT_TAG: target})
             if request:
                 requests.append(request)
-    sensing.prune_requested(cursor, _done(context, cursor, "evaluate:", keep))
+    sensing.prune_requested(cursor, _done(states, cursor, "evaluate:", keep))
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
 
 
