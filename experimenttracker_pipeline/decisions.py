@@ -11,7 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from datetime import timedelta
+
+from experimenttracker_pipeline import governance_ops
 from experimenttracker_pipeline.lib import stats as st
+from experimenttracker_pipeline.lib.contract import build_contract
+from experimenttracker_pipeline.lib.surface import decide as decide_surface, evaluate_stop_rules
 from experimenttracker_pipeline.lib.declarations import ExperimentDeclaration, parse_declaration
 from experimenttracker_pipeline.lib.promotion import audit_promotions, promotion_decision
 from experimenttracker_pipeline.lib.verdict import (
@@ -232,12 +237,6 @@ def apply_goal_surface(store: Store, exp: Mapping[str, Any], decl: ExperimentDec
     """Judge every objective and constraint of the experiment's contract on its per-metric CIs (a winner that
     breaks a hard guardrail is not a winner), evaluate the stop rules, and attach the governance status.
     Mutates ``final``; returns the stop rules that fired."""
-    from datetime import timedelta
-
-    from experimenttracker_pipeline import governance_ops
-    from experimenttracker_pipeline.lib.contract import build_contract
-    from experimenttracker_pipeline.lib.surface import decide as decide_surface, evaluate_stop_rules
-
     contract = build_contract(decl)
     # Metrics without a CI (no data yet) are left out: the surface then reports their constraints as NO_DATA.
     metrics = {name: ci for name, ci in (evaluation.get("metrics") or {}).items()

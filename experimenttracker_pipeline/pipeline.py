@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experimenttracker_pipeline.governance_ops import record_contract
 from experimenttracker_pipeline.lib.contract import ContractError, build_contract
 from experimenttracker_pipeline.lib.declarations import DeclarationError, load_declarations
 from experimenttracker_pipeline.lib.pairing import (
@@ -22,12 +23,6 @@ from experimenttracker_pipeline.settings import DEVELOPER_TOPIC, OPERATIONS_TOPI
 from experimenttracker_pipeline.store import ImmutableSampleError, QuarantineRow, Store
 
 log = logging.getLogger(__name__)
-
-
-def record_contract(store: Store, contract) -> None:
-    from experimenttracker_pipeline.governance_ops import record_contract as _record
-
-    _record(store, contract)
 
 EXPERIMENT_STARTED = "EXPERIMENT_STARTED"
 EXPERIMENT_LARGE_SPLIT_WARN = "EXPERIMENT_LARGE_SPLIT_WARN"

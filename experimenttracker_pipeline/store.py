@@ -359,11 +359,6 @@ class Store:
                              {"e": experiment_id}).scalar()
         return int(value) if value is not None else None
 
-    def last_sample_time(self, conn: Connection, experiment_id: str) -> int | None:
-        value = conn.execute(sa.text("SELECT MAX(recorded_at_ms) FROM experiment_samples WHERE experiment_id = :e"),
-                             {"e": experiment_id}).scalar()
-        return int(value) if value is not None else None
-
     def lock_experiment(self, conn: Connection, experiment_id: str) -> None:
         """Serialise writers of one experiment's samples (PostgreSQL advisory lock; SQLite locks the file)."""
         if self.dialect == "postgresql":
@@ -555,14 +550,6 @@ class Store:
     # ---- END governance ----------------------------------------------------------------------------------------
 
     # ---- decisions: evaluations, causal estimates, verdicts --------------------------------------------
-    def delta_stats(self, experiment_id: str, column: str = "edge_delta_bps") -> tuple[int, float, float]:
-        """(n, sum, sum of squares) of one metric over an experiment's samples, aggregated in the database."""
-        col = _metric(column)
-        row = self.rows(f"SELECT COUNT({col}) AS n, COALESCE(SUM({col}), 0) AS s, COALESCE(SUM({col} * {col}), 0) AS ss "
-                         f"FROM experiment_samples WHERE experiment_id = :e", e=experiment_id)[0]
-        return int(row["n"]), float(row["s"]), float(row["ss"])
-
-
     def winsorized_delta_stats(self, experiment_id: str, pct: float, column: str = "edge_delta_bps") -> dict[str, Any] | None:
         """Statistics of the metric clipped at its ``pct`` and ``100 - pct`` percentiles (linear interpolation, as
         numpy and PostgreSQL's percentile_cont), computed in the database: two ordered probes and one aggregate."""
@@ -662,6 +649,19 @@ class Store:
         return self.scalar("SELECT report_id FROM experiment_verdicts WHERE experiment_id = :e AND report_id IS NOT NULL "
                             "ORDER BY id DESC LIMIT 1", e=experiment_id)
 
+
+    def cumulative_delta_stats(self, experiment_id: str, upto: int, points: int = 200) -> list[tuple[int, float, float]]:
+        """(n, Σd, Σd²) of edge_delta_bps after sample n, at about ``points`` checkpoints up to sample ``upto``:
+        window sums computed in the database, so a chart of the confidence sequence never loads sample rows.
+        sample_n runs 1..N without gaps (the hash chain guarantees it), so n is also the count."""
+        step = max(1, -(-upto // points))
+        rows = self.rows(
+            "SELECT n, s, ss FROM (SELECT sample_n AS n, SUM(edge_delta_bps) OVER (ORDER BY sample_n) AS s, "
+            "SUM(edge_delta_bps * edge_delta_bps) OVER (ORDER BY sample_n) AS ss FROM experiment_samples "
+            "WHERE experiment_id = :e AND sample_n <= :upto) c WHERE n % :step = 0 OR n = :upto ORDER BY n",
+            e=experiment_id, upto=upto, step=step)
+        return [(int(r["n"]), float(r["s"]), float(r["ss"])) for r in rows]
+
     def metric_stats(self, experiment_id: str) -> dict[str, tuple[int, float, float]]:
         """(n, sum, sum of squares) of every surface metric in one aggregate query."""
         parts = []
@@ -670,11 +670,6 @@ class Store:
                          f"COALESCE(SUM({expr} * {expr}), 0) AS {name}_ss")
         row = self.rows(f"SELECT {', '.join(parts)} FROM experiment_samples WHERE experiment_id = :e", e=experiment_id)[0]
         return {name: (int(row[f"{name}_n"]), float(row[f"{name}_s"]), float(row[f"{name}_ss"])) for name in METRIC_EXPRESSIONS}
-
-    def sample_time_range(self, experiment_id: str) -> tuple[int | None, int | None]:
-        row = self.rows("SELECT MIN(recorded_at_ms) AS a, MAX(recorded_at_ms) AS b FROM experiment_samples WHERE experiment_id = :e",
-                        e=experiment_id)[0]
-        return row["a"], row["b"]
 
     def insert_verdict(self, conn: Connection, row: Mapping[str, Any]) -> int:
         return self._insert_returning_id(conn, "experiment_verdicts", row)

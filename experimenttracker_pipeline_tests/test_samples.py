@@ -129,3 +129,19 @@ def test_experiment_started_once_and_conflicting_redeclaration(store, workdirs):
 def test_migrations_are_recorded_and_idempotent(store):
     assert store.migrate() == []
     assert "0001_spine.sql" in store.applied_migrations()
+
+
+def test_cumulative_checkpoints_match_numpy(store, workdirs):
+    """The chart's checkpoints (window sums in SQL) equal cumulative sums computed independently with numpy."""
+    import numpy as np
+
+    _setup(store, workdirs)
+    edges = [1.0 + ((i * 37) % 11 - 5) / 100.0 for i in range(45)]
+    _ingest(store, workdirs, "a.jsonl", [r for i, e in enumerate(edges) for r in (
+        fill(f"c{i}", "c-slug", "live", f"k{i}", t=i), fill(f"v{i}", "v-slug", "shadow", f"k{i}", t=i, edge=e))])
+    pipeline.record_samples(store, "exp_a")
+    deltas = np.array([r["edge_delta_bps"] for r in store.iter_samples("exp_a")])
+    checkpoints = store.cumulative_delta_stats("exp_a", upto=40, points=8)
+    assert [n for n, _, _ in checkpoints] == [5, 10, 15, 20, 25, 30, 35, 40]
+    for n, s, ss in checkpoints:
+        assert s == pytest.approx(deltas[:n].sum()) and ss == pytest.approx((deltas[:n] ** 2).sum())

@@ -20,29 +20,25 @@ def _num(value):
 
 
 def _ci_chart(store, experiment_id: str, evaluation: dict) -> str | None:
-    """A small PNG of the confidence sequence narrowing over samples (markdown-embedded)."""
-    try:
-        import matplotlib
+    """A small PNG of the confidence sequence narrowing over samples (markdown-embedded), drawn from ~200
+    cumulative checkpoints aggregated in SQL."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        from experimenttracker_pipeline.lib import stats as st
-    except ImportError:  # pragma: no cover - matplotlib is a dependency; the chart is optional
+    from experimenttracker_pipeline.lib import stats as st
+
+    checkpoints = [st.SufficientStats(*c) for c in store.cumulative_delta_stats(experiment_id, int(evaluation["samples"]))]
+    checkpoints = [c for c in checkpoints if c.n >= 2]
+    if len(checkpoints) < 2:
         return None
-    deltas = np.array([r["edge_delta_bps"] for r in store.iter_samples(experiment_id)], dtype=float)
-    if deltas.size < 3:
-        return None
-    n = np.arange(1, deltas.size + 1)
-    mean = np.cumsum(deltas) / n
-    var = np.maximum((np.cumsum(deltas ** 2) - n * mean ** 2) / np.maximum(n - 1, 1), 0)
-    rho = st.mixture_rho(evaluation.get("tuning_samples") or 100, 0.05)
-    half = np.sqrt(var) / n * np.sqrt((n + rho) * np.log((n + rho) / (rho * 0.05 ** 2)))
+    tuning = evaluation.get("tuning_samples") or 100
+    intervals = [st.confidence_sequence(c, evaluation.get("alpha") or 0.05, n_tune=tuning) for c in checkpoints]
+    n = [c.n for c in checkpoints]
     fig, ax = plt.subplots(figsize=(4.5, 2.4), dpi=80)
-    keep = n >= 2
-    ax.fill_between(n[keep], (mean - half)[keep], (mean + half)[keep], alpha=0.3, label="always-valid 95%")
-    ax.plot(n[keep], mean[keep], lw=1)
+    ax.fill_between(n, [i.low for i in intervals], [i.high for i in intervals], alpha=0.3, label="always-valid 95%")
+    ax.plot(n, [i.estimate for i in intervals], lw=1)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("samples")
     ax.set_ylabel("edge delta (bps)")
