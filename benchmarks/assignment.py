@@ -23,8 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experimenttracker_pipeline.lib.assignment import AssignmentPlan, assign  # noqa: E402
-from experimenttracker_pipeline.lib.contract import build_contract  # noqa: E402
+from experimenttracker_pipeline.model.contract import build_contract  # noqa: E402
+from experimenttracker_pipeline.stages.governance.assignment import (  # noqa: E402
+    AssignmentPlan,
+    assign,
+)
 
 RAW = {
     "experiment_id": "exp_bench", "principal": "desk:sports", "variant_slug": "m-v2",

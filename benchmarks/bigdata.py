@@ -47,7 +47,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experimenttracker_pipeline.lib.declarations import parse_declaration  # noqa: E402
+from experimenttracker_pipeline.model.declaration import parse_declaration  # noqa: E402
 from experimenttracker_pipeline.settings import normalise_db_url  # noqa: E402
 from experimenttracker_pipeline.store import Store  # noqa: E402
 

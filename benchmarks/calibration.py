@@ -34,9 +34,10 @@ from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experimenttracker_pipeline.lib import stats as st  # noqa: E402
-from experimenttracker_pipeline.lib.stats import SufficientStats  # noqa: E402
-from experimenttracker_pipeline.lib.verdict import EvaluationPolicy, evaluate  # noqa: E402
+import experimenttracker_pipeline.stats as st
+
+from experimenttracker_pipeline.stages.verdict.rule import EvaluationPolicy, evaluate
+from experimenttracker_pipeline.stats import SufficientStats
 
 
 def draw(rng: np.random.Generator, shape: tuple[int, int], mean: float, sd: float, dist: str) -> np.ndarray:

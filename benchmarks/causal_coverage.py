@@ -1,4 +1,4 @@
-"""Coverage study for the causal layer (experimenttracker_pipeline.lib.causal).
+"""Coverage study for the causal layer (experimenttracker_pipeline.causal).
 
 Simulates confounded limited-live experiments with a known population ATE and reports, per
 sample size, the empirical coverage of the IPW and AIPW 95% CIs (target 0.93-0.97), the
@@ -30,7 +30,8 @@ from scipy import integrate, stats
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from experimenttracker_pipeline.lib import causal  # noqa: E402
+from experimenttracker_pipeline import causal  # noqa: E402
+from experimenttracker_pipeline.causal import weighting  # noqa: E402
 
 
 def _p_illiquid() -> float:
@@ -92,15 +93,15 @@ def run_block(n: int, sims: int, seed: int, overlap_scale: float, logged: bool, 
                "ipw_se": r.ipw.se, "aipw_se": r.aipw.se,
                "poor": r.overlap["poor_overlap"], "ess_t": r.overlap["ess_share_treated"],
                "share_out": r.overlap["share_outside_trim"]}
-        # Alternative IPW SEs from the same fit, for the record (the rule is in causal._choose_ipw_se).
+        # Alternative IPW SEs from the same fit, for the record (the rule is in weighting._choose_ipw_se).
         _, psi = causal.hajek_ipw(t, y, r.propensity)
-        row["ipw_se_if"] = causal._se_from_if(psi)
+        row["ipw_se_if"] = weighting._se_from_if(psi)
         if r.propensity_source == "estimated_logistic":
             X, _ = causal.design_matrix(df, COVARIATES)
             Xd = np.column_stack([np.ones(n), X])
             clipped = r.propensity != r.propensity_raw
-            row["ipw_se_sandwich"] = causal._se_from_if(
-                causal._hajek_sandwich_if(t, y, r.propensity_raw, r.propensity, Xd, clipped))
+            row["ipw_se_sandwich"] = weighting._se_from_if(
+                weighting._hajek_sandwich_if(t, y, r.propensity_raw, r.propensity, Xd, clipped))
         else:
             row["ipw_se_sandwich"] = row["ipw_se_if"]
         if r.aipw_trimmed is not None:

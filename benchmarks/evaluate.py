@@ -8,8 +8,8 @@ Builds its own database with `benchmarks/bigdata.py` (dropped at the end unless 
    ``SELECT experiment_id, COUNT(*), SUM(d), SUM(d*d) FROM experiment_samples GROUP BY experiment_id``
    (run twice; the faster run is the baseline);
 2. the pipeline's evaluation of every experiment, the way the pipeline does it: for each experiment
-   ``decisions.compute_intervals`` (sufficient statistics aggregated in SQL, one look recorded) then
-   ``decisions.decide`` (verdict, report outbox). The causal stage is separate and not timed here.
+   ``compute_intervals`` (sufficient statistics aggregated in SQL, one look recorded) then
+   ``decide`` (verdict, report outbox). The causal stage is separate and not timed here.
 
 Prints both side by side with their ratio, the per-experiment p50/p99, experiments per second, where the
 evaluation's database time goes (per SQL statement), and the process's peak memory. Checks on one experiment
@@ -33,8 +33,9 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bigdata import create_big_database, drop_database  # noqa: E402
-from experimenttracker_pipeline import decisions  # noqa: E402
-from experimenttracker_pipeline.store import Store  # noqa: E402
+from experimenttracker_pipeline.stages.intervals.evaluation import compute_intervals
+from experimenttracker_pipeline.stages.verdict.decision import decide
+from experimenttracker_pipeline.store import Store
 
 BARE_AGGREGATE = ("SELECT experiment_id, COUNT(*), SUM(edge_delta_bps), SUM(edge_delta_bps * edge_delta_bps) "
                   "FROM experiment_samples GROUP BY experiment_id")
@@ -118,9 +119,9 @@ def main() -> None:
         start_all = time.perf_counter()
         for i, experiment_id in enumerate(ids, 1):
             t_a = time.perf_counter()
-            result = decisions.compute_intervals(store, experiment_id)
+            result = compute_intervals(store, experiment_id)
             t_b = time.perf_counter()
-            verdict = decisions.decide(store, experiment_id)
+            verdict = decide(store, experiment_id)
             t_c = time.perf_counter()
             intervals_ms.append((t_b - t_a) * 1000)
             decide_ms.append((t_c - t_b) * 1000)

@@ -23,8 +23,10 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experimenttracker_pipeline import pipeline  # noqa: E402
-from experimenttracker_pipeline.store import Store  # noqa: E402
+from experimenttracker_pipeline.stages.declarations.registration import sync_declarations
+from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
+from experimenttracker_pipeline.stages.samples.recording import record_samples
+from experimenttracker_pipeline.store import Store
 
 BASE_MS = 1_778_000_000_000
 
@@ -105,13 +107,13 @@ def main() -> None:
             copy_s = raw_copy_seconds(url, landing / "reports.jsonl")
             store = Store(url)
             store.migrate()
-            pipeline.sync_declarations(store, experiments_dir)
+            sync_declarations(store, experiments_dir)
             t0 = time.perf_counter()
-            result = pipeline.ingest_landing(store, landing)
+            result = ingest_landing(store, landing)
             ingest_s = time.perf_counter() - t0
             assert result.balanced and result.accepted == args.reports, result
             t0 = time.perf_counter()
-            samples = sum(pipeline.record_samples(store, f"bench_e{e}").new_samples for e in range(args.experiments))
+            samples = sum(record_samples(store, f"bench_e{e}").new_samples for e in range(args.experiments))
             pair_s = time.perf_counter() - t0
             store.dispose()
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

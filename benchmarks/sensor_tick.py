@@ -62,14 +62,21 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus  # no
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-from benchmarks.bigdata import STARTED_AT, STARTED_AT_MS, create_big_database, drop_database  # noqa: E402
-from experimenttracker_pipeline import pipeline  # noqa: E402
-from experimenttracker_pipeline.defs import sensors  # noqa: E402
-from experimenttracker_pipeline.defs.resources import (  # noqa: E402
-    ExperimentStoreResource, PipelineSettingsResource, forget_stores,
+from benchmarks.bigdata import (  # noqa: E402
+    STARTED_AT,
+    STARTED_AT_MS,
+    create_big_database,
+    drop_database,
 )
-from experimenttracker_pipeline.settings import normalise_db_url  # noqa: E402
-from experimenttracker_pipeline.store import Store  # noqa: E402
+from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
+from experimenttracker_pipeline.defs import sensors
+from experimenttracker_pipeline.defs.resources import (
+    ExperimentStoreResource,
+    PipelineSettingsResource,
+    forget_stores,
+)
+from experimenttracker_pipeline.settings import normalise_db_url
+from experimenttracker_pipeline.store import Store
 
 SENSORS = [("new_reports_sensor", sensors.new_reports_sensor), ("pairing_sensor", sensors.pairing_sensor),
            ("sample_threshold_sensor", sensors.sample_threshold_sensor), ("stall_sensor", sensors.stall_sensor),
@@ -207,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             _append(path, _lines(chunk, 5, f"f{f}"))
             files.append((path, chunk))
         t0 = time.perf_counter()
-        ingested = pipeline.ingest_landing(store, landing)
+        ingested = ingest_landing(store, landing)
         print(f"landing: {len(files)} files, {ingested.lines_read:,} lines ingested in {time.perf_counter() - t0:.1f} s; "
               f"declarations: {len(idx_of):,} files", flush=True)
         for path, chunk in rng.sample(files, min(10, len(files))):
@@ -230,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         # cold
         for name, ticker in tickers.items():
             results[name]["cold"] = ticker.tick()
-        pipeline.ingest_landing(store, landing)  # the cold tick's ingestion run
+        ingest_landing(store, landing)  # the cold tick's ingestion run
         # steady: nothing changes
         for i in range(args.ticks):
             for name, ticker in tickers.items():
@@ -248,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
             ms, n = tickers["new_reports_sensor"].tick()
             results["new_reports_sensor"]["active"].append(ms)
             results["new_reports_sensor"]["active_requests"] += n
-            pipeline.ingest_landing(store, landing)
+            ingest_landing(store, landing)
             bumped = rng.sample(ids, 10)
             with store.begin() as conn:
                 conn.execute(sa.text("UPDATE experiment_pairing_state SET samples = CAST(samples * 1.1 AS BIGINT) + 1, "

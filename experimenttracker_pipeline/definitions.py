@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import dagster as dg
 
-from experimenttracker_pipeline.defs.decisions import (
-    causal_estimates, confidence_intervals, drift_signals, promotions, promotions_have_signoff, signoff_job, verdicts,
-)
-from experimenttracker_pipeline.defs.ingestion import experiments, raw_reports
+from experimenttracker_pipeline.defs.causal_effects import causal_estimates
+from experimenttracker_pipeline.defs.declarations import experiments
+from experimenttracker_pipeline.defs.drift import drift_signals
+from experimenttracker_pipeline.defs.ingestion import raw_reports
+from experimenttracker_pipeline.defs.intervals import confidence_intervals
 from experimenttracker_pipeline.defs.jobs import (
     declarations_job, evaluation_job, experiment_job, ingest_job, reports_job, samples_job,
 )
-from experimenttracker_pipeline.defs.sensors import SENSORS, signal_delivery_job
-from experimenttracker_pipeline.defs.resources import (
-    ExperimentStoreResource, PipelineSettingsResource, StrategyRegistryResource,
-)
+from experimenttracker_pipeline.defs.promotion import promotions, promotions_have_signoff, signoff_job
+from experimenttracker_pipeline.defs.resources import build_resources
 from experimenttracker_pipeline.defs.samples import experiment_samples, samples_hash_chain_intact
+from experimenttracker_pipeline.defs.sensors import SENSORS, signal_delivery_job
+from experimenttracker_pipeline.defs.verdict import verdicts
 from experimenttracker_pipeline.settings import Settings
 
 ASSETS = [experiments, raw_reports, experiment_samples, confidence_intervals, causal_estimates, verdicts, drift_signals,
@@ -23,16 +24,6 @@ ASSETS = [experiments, raw_reports, experiment_samples, confidence_intervals, ca
 ASSET_CHECKS = [samples_hash_chain_intact, promotions_have_signoff]
 JOBS = [ingest_job, declarations_job, reports_job, samples_job, evaluation_job, experiment_job, signoff_job,
         signal_delivery_job]
-
-
-def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    return {
-        "store": ExperimentStoreResource(db_url=settings.db_url),
-        "settings": PipelineSettingsResource(
-            landing_dir=str(settings.landing_dir), experiments_dir=str(settings.experiments_dir),
-            caliper_seconds=settings.caliper_seconds, stall_window_seconds=settings.stall_window_seconds),
-        "registry": StrategyRegistryResource(url=settings.registry_url),
-    }
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

@@ -1,10 +1,16 @@
-"""Settings from environment variables, with defaults that make the embedded (SQLite) run work."""
+"""The one source of configuration: every environment variable the project reads is read here, typed and validated.
+
+Defaults make the embedded run work (SQLite store and landing folder under ``./data``). The README's Settings table
+lists each variable; a malformed value raises `SettingsError` naming the variable.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Mapping
 
 BOT_ID = "gov.experimenttracker"
 OPERATIONS_TOPIC = "polytraders.reports.operations"
@@ -27,43 +33,110 @@ def normalise_db_url(url: str) -> str:
     return url
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r} is not a number") from exc
-    if value <= 0:
-        raise SettingsError(f"{name}={raw!r} must be > 0")
-    return value
+class _Env:
+    """Typed reads of one environment mapping; every error names the variable."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
+
+    def text(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        return value if value not in (None, "") else None
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0, inclusive: bool = False) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r} is not a number") from exc
+        if not math.isfinite(value) or not (value >= minimum if inclusive else value > minimum):
+            raise SettingsError(f"{name}={raw!r} must be {'>=' if inclusive else '>'} {minimum:g} and finite")
+        return value
+
+    def whole(self, name: str, default: int, *, minimum: int = 1) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from exc
+        if value < minimum:
+            raise SettingsError(f"{name}={raw!r} must be >= {minimum}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = (self.text(name) or default).strip().lower()
+        if raw not in choices:
+            raise SettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+        return raw
+
+    def db_url(self, name: str, default: str | None) -> str | None:
+        raw = self.text(name) or default
+        if raw is None:
+            return None
+        if "://" not in raw:
+            raise SettingsError(f"{name}={raw!r} is not an SQLAlchemy URL")
+        return normalise_db_url(raw)
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Where the data lives and how the pipeline behaves; `Settings.from_env()` reads them all."""
+
     data_dir: Path
     db_url: str
     landing_dir: Path
     experiments_dir: Path
-    caliper_seconds: float
-    stall_window_seconds: float
+    caliper_seconds: float = 60.0
+    stall_window_seconds: float = 3600.0
     registry_url: str | None = None
+    registry_timeout_ms: int = 5000
+    # Sensors (decorator arguments, so read when the definitions load).
+    sensors_running: bool = True
+    sensor_interval_seconds: int = 30
+    sensor_retry_seconds: float = 300.0
+    evaluation_step_pct: float = 10.0
+    evaluation_step_n: int = 1
+    # Dagster's own instance (runs, events, schedules).
+    dagster_home: Path | None = None
+    dagster_pg_url: str | None = None
+    dagster_pg_password: str | None = None
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        data_dir = Path(os.environ.get("EXPERIMENTTRACKER_DATA_DIR") or "./data").resolve()
-        db_url = os.environ.get("EXPERIMENTTRACKER_DB_URL") or f"sqlite:///{data_dir / 'experimenttracker.db'}"
-        if "://" not in db_url:
-            raise SettingsError(f"EXPERIMENTTRACKER_DB_URL={db_url!r} is not an SQLAlchemy URL")
-        landing = os.environ.get("EXPERIMENTTRACKER_LANDING_DIR")
-        experiments = os.environ.get("EXPERIMENTTRACKER_EXPERIMENTS_DIR")
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = _Env(os.environ if environ is None else environ)
+        data_dir = Path(env.text("EXPERIMENTTRACKER_DATA_DIR") or "./data").resolve()
+        landing = env.text("EXPERIMENTTRACKER_LANDING_DIR")
+        experiments = env.text("EXPERIMENTTRACKER_EXPERIMENTS_DIR")
+        home = env.text("DAGSTER_HOME")
         return cls(
             data_dir=data_dir,
-            db_url=normalise_db_url(db_url),
+            db_url=env.db_url("EXPERIMENTTRACKER_DB_URL", f"sqlite:///{data_dir / 'experimenttracker.db'}"),
             landing_dir=Path(landing).resolve() if landing else data_dir / "landing",
             experiments_dir=Path(experiments).resolve() if experiments else data_dir / "experiments",
-            caliper_seconds=_float_env("EXPERIMENTTRACKER_CALIPER_SECONDS", 60.0),
-            stall_window_seconds=_float_env("EXPERIMENTTRACKER_STALL_WINDOW_SECONDS", 3600.0),
-            registry_url=os.environ.get("EXPERIMENTTRACKER_REGISTRY_URL") or None,
+            caliper_seconds=env.number("EXPERIMENTTRACKER_CALIPER_SECONDS", 60.0),
+            stall_window_seconds=env.number("EXPERIMENTTRACKER_STALL_WINDOW_SECONDS", 3600.0),
+            registry_url=env.text("EXPERIMENTTRACKER_REGISTRY_URL"),
+            registry_timeout_ms=env.whole("EXPERIMENTTRACKER_REGISTRY_TIMEOUT_MS", 5000),
+            sensors_running=env.choice("EXPERIMENTTRACKER_SENSORS", "running", ("running", "stopped")) == "running",
+            sensor_interval_seconds=env.whole("EXPERIMENTTRACKER_SENSOR_INTERVAL_SECONDS", 30),
+            sensor_retry_seconds=env.number("EXPERIMENTTRACKER_SENSOR_RETRY_SECONDS", 300.0),
+            evaluation_step_pct=env.number("EXPERIMENTTRACKER_EVALUATION_STEP_PCT", 10.0, inclusive=True),
+            evaluation_step_n=env.whole("EXPERIMENTTRACKER_EVALUATION_STEP_N", 1),
+            dagster_home=Path(home).resolve() if home else None,
+            dagster_pg_url=env.db_url("EXPERIMENTTRACKER_DAGSTER_PG_URL", None),
+            dagster_pg_password=env.text("EXPERIMENTTRACKER_DAGSTER_PG_PASSWORD"),
         )
+
+    @property
+    def dagster_home_or_default(self) -> Path:
+        """DAGSTER_HOME, or the data folder's ``dagster_home`` for the embedded run."""
+        return self.dagster_home or self.data_dir / "dagster_home"
+
+    def with_folders(self, *, landing_dir: Path | None = None, experiments_dir: Path | None = None) -> "Settings":
+        """The same settings reading another archive (backfills)."""
+        return replace(self, landing_dir=landing_dir or self.landing_dir,
+                       experiments_dir=experiments_dir or self.experiments_dir)

@@ -10,8 +10,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from experimenttracker_pipeline.lib import canonical as cj
-from experimenttracker_pipeline.lib.contract import ExperimentContract, build_contract
+import experimenttracker_pipeline.model.canonical as cj
+from experimenttracker_pipeline.model.contract import ExperimentContract, build_contract
 
 # The complete example documented in the README (keep the two in sync).
 EXAMPLE_YAML = """\

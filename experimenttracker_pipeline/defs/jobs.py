@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from experimenttracker_pipeline.defs.decisions import confidence_intervals
-from experimenttracker_pipeline.defs.ingestion import experiments, raw_reports
+from experimenttracker_pipeline.defs.intervals import confidence_intervals
+from experimenttracker_pipeline.defs.declarations import experiments
+from experimenttracker_pipeline.defs.ingestion import raw_reports
 from experimenttracker_pipeline.defs.samples import experiment_samples
 
 EXPERIMENT_TAG = "experimenttracker/experiment"

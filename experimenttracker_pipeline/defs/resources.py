@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.store import Store
 
 _STORES: dict[str, Store] = {}
@@ -68,7 +69,18 @@ class StrategyRegistryResource(dg.ConfigurableResource):
     backoff_seconds: float = 0.5
 
     def get_registry(self):
-        from experimenttracker_pipeline.registry import registry_for
+        from experimenttracker_pipeline.stages.drift.registry import registry_for
 
         return registry_for(self.url, timeout_ms=self.timeout_ms, max_attempts=self.max_attempts,
                             backoff_seconds=self.backoff_seconds)
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The resources, every value taken from `Settings` (so the UI, the daemon and the CLI agree)."""
+    return {
+        "store": ExperimentStoreResource(db_url=settings.db_url),
+        "settings": PipelineSettingsResource(
+            landing_dir=str(settings.landing_dir), experiments_dir=str(settings.experiments_dir),
+            caliper_seconds=settings.caliper_seconds, stall_window_seconds=settings.stall_window_seconds),
+        "registry": StrategyRegistryResource(url=settings.registry_url, timeout_ms=settings.registry_timeout_ms),
+    }

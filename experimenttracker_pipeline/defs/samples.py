@@ -3,10 +3,19 @@
 
 import dagster as dg
 
-from experimenttracker_pipeline import pipeline
-from experimenttracker_pipeline.defs.ingestion import experiments, raw_reports
-from experimenttracker_pipeline.defs.partitions import BACKFILL_POLICY, experiment_partitions, for_each_experiment
+from experimenttracker_pipeline.defs.declarations import experiments
+from experimenttracker_pipeline.defs.ingestion import raw_reports
+from experimenttracker_pipeline.defs.partitions import (
+    BACKFILL_POLICY,
+    experiment_partitions,
+    for_each_experiment,
+)
 from experimenttracker_pipeline.defs.resources import ExperimentStoreResource
+from experimenttracker_pipeline.stages.samples.recording import (
+    SamplingResult,
+    record_samples,
+    verify_samples,
+)
 from experimenttracker_pipeline.store import ImmutableSampleError
 
 SAMPLES_CHAIN_CHECK = "samples_hash_chain_intact"
@@ -21,7 +30,7 @@ def experiment_samples(context: dg.AssetExecutionContext, store: ExperimentStore
 
     def work(experiment_id: str):
         try:
-            return pipeline.record_samples(db, experiment_id)
+            return record_samples(db, experiment_id)
         except ImmutableSampleError as exc:
             raise dg.Failure(str(exc)) from exc
 
@@ -29,7 +38,7 @@ def experiment_samples(context: dg.AssetExecutionContext, store: ExperimentStore
                                ["total_samples", "new_samples", "orphan_variant", "orphan_control"])
 
 
-def _samples_metadata(result: pipeline.SamplingResult) -> dict:
+def _samples_metadata(result: SamplingResult) -> dict:
     return {
         "dagster/row_count": result.total_samples,
         "new_samples": result.new_samples,
@@ -55,7 +64,7 @@ def samples_hash_chain_intact(context: dg.AssetCheckExecutionContext, store: Exp
         experiment_ids = [row["experiment_id"] for row in db.experiment_rows()]
     checked, broken = 0, {}
     for experiment_id in experiment_ids:
-        count, problem = pipeline.verify_samples(db, experiment_id)
+        count, problem = verify_samples(db, experiment_id)
         checked += count
         if problem is not None:
             broken[experiment_id] = {"first_broken_sample_n": problem.sample_n, "problem": problem.problem}

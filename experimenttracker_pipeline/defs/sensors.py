@@ -1,30 +1,39 @@
 """Sensors that run the pipeline by itself. Each tick reads file stats, counts and watermarks (never sample
-rows) and decides through `experimenttracker_pipeline.sensing`; run keys encode intent, so a tick that fails
+rows) and decides through `experimenttracker_pipeline.orchestration.due_work`; run keys encode intent, so a tick that fails
 part-way neither loses nor duplicates a request, and the cursors live in Dagster's storage across restarts.
 
 Sensors start RUNNING; set EXPERIMENTTRACKER_SENSORS=stopped to deploy them stopped."""
 
 import json
-import os
 import time
 
 import dagster as dg
 
-from experimenttracker_pipeline import decisions, pipeline, sensing
 from experimenttracker_pipeline.defs.jobs import (
-    EXPERIMENT_TAG, declarations_job, evaluation_job, reports_job, samples_job,
+    EXPERIMENT_TAG,
+    declarations_job,
+    evaluation_job,
+    reports_job,
+    samples_job,
 )
 from experimenttracker_pipeline.defs.resources import (
-    ExperimentStoreResource, PipelineSettingsResource, StrategyRegistryResource,
+    ExperimentStoreResource,
+    PipelineSettingsResource,
+    StrategyRegistryResource,
 )
+from experimenttracker_pipeline.orchestration import due_work as sensing
+from experimenttracker_pipeline.stages.drift.signal import deliver_pending
+from experimenttracker_pipeline.stages.stalls.episodes import apply_stall_changes
+from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.store import StoreUnavailable
 
-DEFAULT_STATUS = (dg.DefaultSensorStatus.STOPPED if os.environ.get("EXPERIMENTTRACKER_SENSORS", "").lower() == "stopped"
-                  else dg.DefaultSensorStatus.RUNNING)
-RETRY_AFTER_MS = int(float(os.environ.get("EXPERIMENTTRACKER_SENSOR_RETRY_SECONDS", "300")) * 1000)
-EVALUATION_STEP_PCT = float(os.environ.get("EXPERIMENTTRACKER_EVALUATION_STEP_PCT", "10")) / 100
-EVALUATION_STEP_N = int(os.environ.get("EXPERIMENTTRACKER_EVALUATION_STEP_N", "1"))
-INTERVAL = int(os.environ.get("EXPERIMENTTRACKER_SENSOR_INTERVAL_SECONDS", "30"))
+# Sensor intervals and default status are decorator arguments, so they are fixed when the definitions load.
+_SETTINGS = Settings.from_env()
+DEFAULT_STATUS = dg.DefaultSensorStatus.RUNNING if _SETTINGS.sensors_running else dg.DefaultSensorStatus.STOPPED
+RETRY_AFTER_MS = int(_SETTINGS.sensor_retry_seconds * 1000)
+EVALUATION_STEP_PCT = _SETTINGS.evaluation_step_pct / 100
+EVALUATION_STEP_N = _SETTINGS.evaluation_step_n
+INTERVAL = _SETTINGS.sensor_interval_seconds
 _IN_FLIGHT = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING}
 
@@ -190,7 +199,7 @@ def stall_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreReso
         db = store.get_store()
         changes = sensing.stall_changes(db.sensor_snapshot(), db.open_stalls(), now_ms=now,
                                         window_ms=int(settings.stall_window_seconds * 1000), bus_error=bus_error)
-        emitted = pipeline.apply_stall_changes(db, changes, now)
+        emitted = apply_stall_changes(db, changes, now)
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}; stalls are recorded after reconnect")
     summary = ", ".join(f"{r['event_type']} {r['experiment_id']}" for r in emitted)
@@ -200,7 +209,7 @@ def stall_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreReso
 @dg.op(description="Deliver pending drift signals to the StrategyRegistry.")
 def deliver_pending_signals(context: dg.OpExecutionContext, store: ExperimentStoreResource,
                             registry: StrategyRegistryResource) -> None:
-    delivered, pending = decisions.deliver_pending(store.get_store(), registry.get_registry())
+    delivered, pending = deliver_pending(store.get_store(), registry.get_registry())
     context.log.info(f"drift signals delivered: {delivered}, still pending: {pending}")
 
 

@@ -1,0 +1,1009 @@
+"""Experiment contracts: the issue-6 goal-surface layer over the spine's experiment declaration.
+
+``build_contract(decl, raw)`` validates the optional sections ``subject``, ``personas``,
+``eval_surface``, ``polb_config``, ``variants``, ``eth_constraints``, ``stop_rules`` and
+``assignment`` of a declaration and fills defaults derived from the spine's ``mode`` and
+``traffic_split_pct`` so old declarations keep working. All problems of one file are collected
+into one :class:`ContractError`.
+
+The contract's canonical form (``to_canonical()``) and ``digest`` are what approvals pin. The
+canonical form is semantic: key order, list order of set-like lists (objectives, constraints,
+personas, ETH lists) and whether a value was declared or defaulted do not change the digest;
+``source_file`` is not part of it.
+
+Metrics (all are variant-vs-control comparisons carried by the matched-pair samples):
+
+==================== ======= ====================================================================
+name                 neutral meaning
+==================== ======= ====================================================================
+edge_delta_bps       0       (variant edge - control edge) / control notional * 1e4; higher = better
+slippage_delta_bps   0       variant slippage_bps - control slippage_bps; lower = better
+fill_quality_delta   0       variant fill_quality - control fill_quality (0..1 scale); higher = better
+fill_size_ratio      1       variant size_pusd / control size_pusd; 1 = same size
+==================== ======= ====================================================================
+
+"Better" is declared by the sign of an objective's ``weight_bp`` (negative = minimise), as in
+spec section 4; the table only documents the usual reading.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from functools import cached_property
+from typing import Any, Mapping, Sequence
+
+import experimenttracker_pipeline.model.canonical as cj
+
+SCHEMA = "experimenttracker/experiment-contract/v1"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    unit: str
+    neutral: Decimal  # the value that means "no difference between variant and control"
+    description: str
+
+
+METRICS: dict[str, MetricSpec] = {
+    m.name: m
+    for m in (
+        MetricSpec("edge_delta_bps", "bps", Decimal(0),
+                   "variant minus control edge, bps of control notional (higher is better)"),
+        MetricSpec("slippage_delta_bps", "bps", Decimal(0),
+                   "variant minus control slippage (lower is better)"),
+        MetricSpec("fill_quality_delta", "ratio", Decimal(0),
+                   "variant minus control fill_quality on the 0..1 scale (higher is better)"),
+        MetricSpec("fill_size_ratio", "ratio", Decimal(1),
+                   "variant size_pusd / control size_pusd (1 = same size)"),
+    )
+}
+
+ENVELOPE_MODES = ("sandbox", "shadow", "online", "degraded")
+# Which PoLB envelopes are consistent with the spine's mode: shadow_only never touches live
+# capital, limited_live always does (degraded = online under reduced operation).
+MODE_ENVELOPES = {"shadow_only": ("sandbox", "shadow"), "limited_live": ("online", "degraded")}
+MODE_DEFAULT_ENVELOPE = {"shadow_only": "shadow", "limited_live": "online"}
+RISK_LEVELS = ("low", "medium", "high", "emergency")
+ROLLOUT_STRATEGIES = ("canary", "random", "stratified")
+PERSONAS = ("trader", "risk", "governance")
+STOP_KINDS = ("efficacy", "futility", "harm")
+PRINCIPAL_KINDS = ("desk", "fund", "account", "book", "portfolio", "client", "team", "firm")
+SUBJECT_KINDS = ("strategy", "jump", "policy_bundle", "si_agent", "role", "model")
+CONTROL = "control"
+DEFAULT_SALT = "v1"
+DEFAULT_DOMAIN = "finance"  # trading capital is at risk: the spec 18.2 "finance" domain
+
+# Names that say nothing about who or what: rejected as principal/subject names (spec 3).
+VAGUE_NAMES = frozenset({
+    "", "tbd", "todo", "tba", "unknown", "none", "null", "n/a", "na", "any", "anyone", "all",
+    "everyone", "everybody", "default", "someone", "somebody", "misc", "general", "various",
+    "whatever", "xxx", "x", "?", "-", "new", "old", "variant", "control", "strategy", "model",
+    "the new model", "new model", "desk", "fund", "us", "we", "me",
+})
+
+_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_KIND_ID_RE = re.compile(r"^([a-z][a-z0-9_]*):(\S+)$")
+_CONSTRAINT_RE = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|=<|=>|<|>|=)\s*"
+    r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*$"
+)
+_SUPPORTED_OPS = ("<=", "<", ">=", ">")
+
+SPINE_KEYS = frozenset({
+    "experiment_id", "principal", "subject", "variant_slug", "control_slug", "mode",
+    "traffic_split_pct", "min_samples_for_decision", "auto_promote_on_winning",
+    "require_human_signoff", "started_at", "caliper_seconds",
+})
+CONTRACT_KEYS = frozenset({
+    "personas", "eval_surface", "polb_config", "variants", "eth_constraints", "stop_rules",
+    "assignment",
+})
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ContractIssue:
+    file: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.path}: {self.message}"
+
+
+class ContractError(ValueError):
+    """All contract problems of one declaration file; ``issues`` lists (file, path, message)."""
+
+    def __init__(self, file: str, issues: Sequence[ContractIssue]):
+        self.file = file
+        self.issues = list(issues)
+        lines = "\n".join(f"  {i.path}: {i.message}" for i in self.issues)
+        super().__init__(f"{file}: invalid experiment contract ({len(self.issues)} error(s)):\n{lines}")
+
+    @property
+    def paths(self) -> list[str]:
+        return [i.path for i in self.issues]
+
+
+# -- contract model --------------------------------------------------------------------------
+
+def format_decimal(d: Decimal) -> str:
+    """Shortest plain decimal text of ``d`` (``5.0`` -> ``5``, ``500`` -> ``500``)."""
+    s = format(d.normalize(), "f")
+    return "0" if s in ("-0", "+0") else s
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    weight_bp: int  # negative weight = minimise (spec 4)
+
+    def to_canonical(self) -> dict[str, Any]:
+        return {"name": self.metric, "weight_bp": self.weight_bp}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    metric: str
+    op: str  # one of <=, <, >=, >
+    threshold: Decimal  # exact; at most 6 decimal places so it exports as micros
+
+    @property
+    def expr(self) -> str:
+        """Normalised expression, e.g. ``slippage_delta_bps<=5``; used in reason codes."""
+        return f"{self.metric}{self.op}{format_decimal(self.threshold)}"
+
+    def holds_at(self, value: float) -> bool:
+        t = float(self.threshold)
+        return {"<=": value <= t, "<": value < t, ">=": value >= t, ">": value > t}[self.op]
+
+    def to_canonical(self) -> dict[str, Any]:
+        return {"expr": self.expr, "metric": self.metric, "op": self.op,
+                "threshold_micros": int(self.threshold * cj.MICROS)}
+
+
+@dataclass(frozen=True)
+class SoftConstraint:
+    constraint: Constraint
+    penalty_weight_bp: int  # score penalty (weight/1e4) when the point estimate violates it
+
+    @property
+    def expr(self) -> str:
+        return self.constraint.expr
+
+    def to_canonical(self) -> dict[str, Any]:
+        return {**self.constraint.to_canonical(), "penalty_weight_bp": self.penalty_weight_bp}
+
+
+@dataclass(frozen=True)
+class Scope:
+    domain: str = DEFAULT_DOMAIN
+    population: str | None = None
+    vulnerable_populations: tuple[str, ...] = ()
+
+    def to_canonical(self) -> dict[str, Any]:
+        return {"domain": self.domain, "population": self.population,
+                "vulnerable_populations": sorted(self.vulnerable_populations)}
+
+
+@dataclass(frozen=True)
+class EvalSurface:
+    id: str
+    primary: tuple[Objective, ...]
+    secondary: tuple[Objective, ...] = ()
+    hard: tuple[Constraint, ...] = ()
+    soft: tuple[SoftConstraint, ...] = ()
+    scope: Scope = Scope()
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        return self.primary + self.secondary
+
+    def to_canonical(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "objectives": {
+                "primary": [o.to_canonical() for o in sorted(self.primary, key=lambda o: o.metric)],
+                "secondary": [o.to_canonical() for o in sorted(self.secondary, key=lambda o: o.metric)],
+            },
+            "constraints": {
+                "hard": [c.to_canonical() for c in sorted(self.hard, key=lambda c: c.expr)],
+                "soft": [c.to_canonical() for c in sorted(self.soft, key=lambda c: c.expr)],
+            },
+            "scope": self.scope.to_canonical(),
+        }
+
+
+@dataclass(frozen=True)
+class PoLBConfig:
+    envelope_mode: str
+    mode_name: str
+    max_risk_level: str
+    rollout_strategy: str
+    max_population_share_bp: int
+    guarded_by_eth: bool = True
+
+    @property
+    def is_online(self) -> bool:
+        """True when the variant affects live capital (online or degraded envelope)."""
+        return self.envelope_mode in ("online", "degraded")
+
+    def to_canonical(self) -> dict[str, Any]:
+        return {
+            "envelope_mode": self.envelope_mode, "mode_name": self.mode_name,
+            "max_risk_level": self.max_risk_level, "rollout_strategy": self.rollout_strategy,
+            "max_population_share_bp": self.max_population_share_bp,
+            "guarded_by_eth": self.guarded_by_eth,
+        }
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    slug: str
+    traffic_share_bp: int
+    policy: str | None = None
+
+    @property
+    def is_control(self) -> bool:
+        return self.id == CONTROL
+
+    def to_canonical(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"slug": self.slug, "traffic_share_bp": self.traffic_share_bp}
+        if self.policy is not None:
+            d["policy"] = self.policy
+        return d
+
+
+@dataclass(frozen=True)
+class EthConstraints:
+    forbid_markets: frozenset[str] = frozenset()
+    forbid_principals: frozenset[str] = frozenset()
+    forbid_units: frozenset[str] = frozenset()
+    # Free-text forbid entries are recorded and shown to governance but cannot be enforced by
+    # the assigner; they are kept apart so nobody mistakes them for machine checks.
+    forbid_statements: tuple[str, ...] = ()
+    require: tuple[str, ...] = ()
+
+    @property
+    def enforced(self) -> bool:
+        return bool(self.forbid_markets or self.forbid_principals or self.forbid_units)
+
+    def to_canonical(self) -> dict[str, Any]:
+        return {
+            "forbid": {
+                "markets": sorted(self.forbid_markets),
+                "principals": sorted(self.forbid_principals),
+                "units": sorted(self.forbid_units),
+                "statements": sorted(set(self.forbid_statements)),
+            },
+            "require": sorted(set(self.require)),
+        }
+
+
+@dataclass(frozen=True)
+class StopRules:
+    min_duration_days: int = 0
+    max_duration_days: int | None = None
+    early_stop_on: frozenset[str] = frozenset(STOP_KINDS)
+    no_effect_band: Decimal | None = None  # |primary effect| below this is not meaningful
+    min_conditional_power_bp: int | None = None
+
+    def to_canonical(self) -> dict[str, Any]:
+        return {
+            "min_duration_days": self.min_duration_days,
+            "max_duration_days": self.max_duration_days,
+            "early_stop_on": sorted(self.early_stop_on),
+            "futility": {
+                "no_effect_band_micros": None if self.no_effect_band is None
+                else int(self.no_effect_band * cj.MICROS),
+                "min_conditional_power_bp": self.min_conditional_power_bp,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ExperimentContract:
+    experiment_id: str
+    principal: str
+    subject: str
+    personas: tuple[str, ...]
+    variant_slug: str
+    control_slug: str
+    mode: str
+    traffic_split_bp: int
+    min_samples_for_decision: int
+    auto_promote_on_winning: bool
+    require_human_signoff: bool
+    started_at: datetime
+    caliper_ms: int
+    eval_surface: EvalSurface
+    polb_config: PoLBConfig
+    variants: tuple[Variant, ...]  # control first, then the others sorted by id
+    eth_constraints: EthConstraints
+    stop_rules: StopRules
+    salt: str = DEFAULT_SALT
+    # The spine's statistics plan (issue 3) in export form: changing the CI method or the planned
+    # looks after approval must change the digest, or the plan could be swapped after peeking.
+    statistics_plan: Mapping[str, Any] = field(default_factory=dict)
+    source_file: str = "<memory>"
+    defaults_applied: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def subject_kind(self) -> str:
+        return self.subject.split(":", 1)[0]
+
+    @property
+    def control(self) -> Variant:
+        return self.variants[0]
+
+    @property
+    def treatments(self) -> tuple[Variant, ...]:
+        return self.variants[1:]
+
+    def variant(self, variant_id: str) -> Variant:
+        for v in self.variants:
+            if v.id == variant_id:
+                return v
+        raise KeyError(variant_id)
+
+    def to_canonical(self) -> dict[str, Any]:
+        """The digest-bound export form (integers only, sorted set-like lists)."""
+        return {
+            "schema": SCHEMA,
+            "kind": "experiment_contract",
+            "id": self.experiment_id,
+            **cj.provenance_fields(self.started_at),
+            "principal": self.principal,
+            "subject": {"kind": self.subject_kind, "id": self.subject},
+            "personas": sorted(self.personas),
+            "variant_slug": self.variant_slug,
+            "control_slug": self.control_slug,
+            "mode": self.mode,
+            "traffic_split_bp": self.traffic_split_bp,
+            "min_samples_for_decision": self.min_samples_for_decision,
+            "auto_promote_on_winning": self.auto_promote_on_winning,
+            "require_human_signoff": self.require_human_signoff,
+            "caliper_ms": self.caliper_ms,
+            "eval_surface": self.eval_surface.to_canonical(),
+            "polb_config": self.polb_config.to_canonical(),
+            "variants": {v.id: v.to_canonical() for v in self.variants},
+            "eth_constraints": self.eth_constraints.to_canonical(),
+            "stop_rules": self.stop_rules.to_canonical(),
+            "statistics_plan": dict(self.statistics_plan),
+            "assignment": {
+                "scheme": "sha256(utf8(unit_id:experiment_id:salt))[0:4] big-endian mod 10000",
+                "salt": self.salt,
+                "variant_order": [v.id for v in self.variants],
+            },
+        }
+
+    @cached_property
+    def canonical_bytes(self) -> bytes:
+        return cj.canonical_json(self.to_canonical())
+
+    @cached_property
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the canonical contract; what approvals pin."""
+        return cj.digest_bytes(self.canonical_bytes)
+
+    @property
+    def binding(self) -> dict[str, str]:
+        return {"id": self.experiment_id, "digest": self.digest}
+
+    @property
+    def eval_surface_binding(self) -> dict[str, str]:
+        return cj.binding(self.eval_surface.id, self.eval_surface.to_canonical())
+
+
+# -- validation ------------------------------------------------------------------------------
+
+class _Errors:
+    def __init__(self, file: str):
+        self.file = file
+        self.items: list[ContractIssue] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(ContractIssue(self.file, path, message))
+
+
+def _describe(v: Any) -> str:
+    return f"{type(v).__name__} {v!r}"
+
+
+def _int(err: _Errors, v: Any, path: str, lo: int | None = None, hi: int | None = None,
+         unit: str = "") -> int | None:
+    # bool is an int subclass in Python and 1000.0 is a float: both are rejected because the
+    # exported form must be an exact integer (spec 0: scaled integers, no floats).
+    if isinstance(v, bool) or not isinstance(v, int):
+        hint = f" ({unit})" if unit else ""
+        err.add(path, f"must be an integer{hint}, got {_describe(v)}")
+        return None
+    if lo is not None and v < lo or hi is not None and v > hi:
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        err.add(path, f"must be in {rng}, got {v}")
+        return None
+    return v
+
+
+def _bool(err: _Errors, v: Any, path: str) -> bool | None:
+    if not isinstance(v, bool):
+        err.add(path, f"must be true or false, got {_describe(v)}")
+        return None
+    return v
+
+
+def _str(err: _Errors, v: Any, path: str) -> str | None:
+    if not isinstance(v, str) or not v.strip():
+        err.add(path, f"must be a non-empty string, got {_describe(v)}")
+        return None
+    return v.strip()
+
+
+def _mapping(err: _Errors, v: Any, path: str, allowed: Sequence[str]) -> Mapping[str, Any] | None:
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        err.add(path, f"must be a mapping, got {_describe(v)}")
+        return None
+    for k in v:
+        if k not in allowed:
+            err.add(f"{path}.{k}", f"unknown key; allowed: {', '.join(allowed)}")
+    return v
+
+
+def _str_list(err: _Errors, v: Any, path: str) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str) or not isinstance(v, Sequence):
+        err.add(path, f"must be a list of strings, got {_describe(v)}")
+        return []
+    out = []
+    for i, item in enumerate(v):
+        s = _str(err, item, f"{path}[{i}]")
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def _enum(err: _Errors, v: Any, path: str, allowed: Sequence[str]) -> str | None:
+    if not isinstance(v, str) or v not in allowed:
+        err.add(path, f"must be one of {', '.join(allowed)}; got {v!r}")
+        return None
+    return v
+
+
+def _is_vague(name: str) -> bool:
+    n = name.strip().lower()
+    return n in VAGUE_NAMES or not any(c.isalnum() for c in n)
+
+
+def _kind_id(err: _Errors, v: Any, path: str, kinds: Sequence[str], what: str) -> str | None:
+    if v is None or (isinstance(v, str) and not v.strip()):
+        err.add(path, f"is missing: declare {what} as \"<kind>:<name>\" with kind one of "
+                      f"{', '.join(kinds)}")
+        return None
+    if not isinstance(v, str):
+        err.add(path, f"must be a string \"<kind>:<name>\", got {_describe(v)}")
+        return None
+    m = _KIND_ID_RE.match(v.strip())
+    if not m:
+        err.add(path, f"{v!r} is vague: expected \"<kind>:<name>\" with kind one of "
+                      f"{', '.join(kinds)} (spec 3: say exactly {what})")
+        return None
+    kind, name = m.groups()
+    if kind not in kinds:
+        err.add(path, f"{v!r}: unknown kind {kind!r}; expected one of {', '.join(kinds)}")
+        return None
+    if _is_vague(name):
+        err.add(path, f"{v!r} is vague: {name!r} does not identify {what}")
+        return None
+    return v.strip()
+
+
+def _constraint(err: _Errors, v: Any, path: str) -> Constraint | None:
+    if not isinstance(v, str):
+        err.add(path, f"must be a string like \"slippage_delta_bps <= 5\", got {_describe(v)}")
+        return None
+    m = _CONSTRAINT_RE.match(v)
+    if not m:
+        err.add(path, f"cannot parse {v!r}: expected \"<metric> <op> <number>\" with op one of "
+                      f"{', '.join(_SUPPORTED_OPS)}, e.g. \"slippage_delta_bps <= 5\"")
+        return None
+    metric, op, num = m.groups()
+    ok = True
+    if metric not in METRICS:
+        err.add(path, f"unknown metric {metric!r} in {v!r}; known metrics: {', '.join(METRICS)}")
+        ok = False
+    if op not in _SUPPORTED_OPS:
+        err.add(path, f"operator {op!r} in {v!r} is not supported (a confidence interval can "
+                      f"show an inequality, never an equality); use one of {', '.join(_SUPPORTED_OPS)}")
+        ok = False
+    d = Decimal(num)
+    if d * cj.MICROS != (d * cj.MICROS).to_integral_value():
+        err.add(path, f"threshold {num} in {v!r} has more than 6 decimal places "
+                      "(thresholds are exported as integer micros)")
+        ok = False
+    return Constraint(metric, op, d) if ok else None
+
+
+def _objectives(err: _Errors, v: Any, path: str, required: bool) -> list[Objective]:
+    if v is None:
+        if required:
+            err.add(path, "at least one primary objective is required")
+        return []
+    if isinstance(v, (str, Mapping)) or not isinstance(v, Sequence):
+        err.add(path, f"must be a list of {{name, weight_bp}}, got {_describe(v)}")
+        return []
+    if required and not v:
+        err.add(path, "at least one primary objective is required")
+    out = []
+    for i, item in enumerate(v):
+        p = f"{path}[{i}]"
+        m = _mapping(err, item, p, ("name", "weight_bp"))
+        if m is None:
+            continue
+        name = m.get("name")
+        if name not in METRICS:
+            err.add(f"{p}.name", f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
+            name = None
+        if "weight_bp" not in m:
+            msg = "is required (integer basis points, negative = minimise)"
+            if "weight" in m:
+                msg += "; 'weight' floats are not accepted, use weight_bp"
+            err.add(f"{p}.weight_bp", msg)
+            continue
+        w = _int(err, m["weight_bp"], f"{p}.weight_bp", -10000, 10000, "basis points")
+        if w == 0:
+            err.add(f"{p}.weight_bp", "must not be 0 (drop the objective instead)")
+            w = None
+        if name is not None and w is not None:
+            out.append(Objective(name, w))
+    return out
+
+
+def _eval_surface(err: _Errors, v: Any, experiment_id: str) -> EvalSurface | None:
+    default_id = f"eval:{experiment_id}/v1"
+    if v is None:
+        return EvalSurface(id=default_id, primary=(Objective("edge_delta_bps", 10000),))
+    es = _mapping(err, v, "eval_surface", ("id", "objectives", "constraints", "scope"))
+    if es is None:
+        return None
+    sid = default_id if es.get("id") is None else _str(err, es.get("id"), "eval_surface.id")
+    obj = _mapping(err, es.get("objectives"), "eval_surface.objectives", ("primary", "secondary")) or {}
+    if es.get("objectives") is None:
+        primary = [Objective("edge_delta_bps", 10000)]
+    else:
+        primary = _objectives(err, obj.get("primary"), "eval_surface.objectives.primary", True)
+    secondary = _objectives(err, obj.get("secondary"), "eval_surface.objectives.secondary", False)
+    seen: dict[str, str] = {}
+    for group, lst in (("primary", primary), ("secondary", secondary)):
+        for o in lst:
+            if o.metric in seen:
+                err.add(f"eval_surface.objectives.{group}",
+                        f"metric {o.metric!r} appears more than once (already in {seen[o.metric]})")
+            seen[o.metric] = group
+
+    cons = _mapping(err, es.get("constraints"), "eval_surface.constraints", ("hard", "soft")) or {}
+    hard: list[Constraint] = []
+    hv = cons.get("hard")
+    if hv is not None and (isinstance(hv, (str, Mapping)) or not isinstance(hv, Sequence)):
+        err.add("eval_surface.constraints.hard", f"must be a list of strings, got {_describe(hv)}")
+        hv = None
+    for i, item in enumerate(hv or []):
+        c = _constraint(err, item, f"eval_surface.constraints.hard[{i}]")
+        if c is not None:
+            if c.expr in {h.expr for h in hard}:
+                err.add(f"eval_surface.constraints.hard[{i}]", f"duplicate hard constraint {c.expr!r}")
+            else:
+                hard.append(c)
+    soft: list[SoftConstraint] = []
+    sv = cons.get("soft")
+    if sv is not None and (isinstance(sv, (str, Mapping)) or not isinstance(sv, Sequence)):
+        err.add("eval_surface.constraints.soft", f"must be a list, got {_describe(sv)}")
+        sv = None
+    for i, item in enumerate(sv or []):
+        p = f"eval_surface.constraints.soft[{i}]"
+        penalty: int | None = 10000  # spec 14.2: a bare soft expression has penalty 1.0
+        if isinstance(item, Mapping):
+            m = _mapping(err, item, p, ("expr", "penalty_weight_bp"))
+            expr = m.get("expr") if m is not None else None
+            if m is not None and "penalty_weight_bp" in m:
+                penalty = _int(err, m["penalty_weight_bp"], f"{p}.penalty_weight_bp", 1, 10_000_000,
+                               "basis points")
+            if m is not None and "expr" not in m:
+                err.add(f"{p}.expr", "is required")
+                continue
+        else:
+            expr = item
+        c = _constraint(err, expr, f"{p}.expr" if isinstance(item, Mapping) else p)
+        if c is None or penalty is None:
+            continue
+        if c.expr in {h.expr for h in hard}:
+            # The same expression cannot be both: hard constraints never become soft (spec 14.2).
+            err.add(p, f"{c.expr!r} is also a hard constraint; a constraint is either hard or soft")
+        elif c.expr in {s.expr for s in soft}:
+            err.add(p, f"duplicate soft constraint {c.expr!r}")
+        else:
+            soft.append(SoftConstraint(c, penalty))
+
+    sc = _mapping(err, es.get("scope"), "eval_surface.scope",
+                  ("domain", "population", "vulnerable_populations")) or {}
+    domain = DEFAULT_DOMAIN
+    if sc.get("domain") is not None:
+        domain = (_str(err, sc["domain"], "eval_surface.scope.domain") or DEFAULT_DOMAIN).lower()
+    population = None
+    if sc.get("population") is not None:
+        population = _str(err, sc["population"], "eval_surface.scope.population")
+    vulnerable = _str_list(err, sc.get("vulnerable_populations"), "eval_surface.scope.vulnerable_populations")
+    if sid is None:
+        return None
+    return EvalSurface(sid, tuple(primary), tuple(secondary), tuple(hard), tuple(soft),
+                       Scope(domain, population, tuple(sorted(set(vulnerable)))))
+
+
+# -- spine field access (duck-typed declaration, or the raw mapping) -------------------------
+
+_SPINE_DEFAULTS: dict[str, Any] = {
+    "mode": "shadow_only", "traffic_split_pct": 10, "min_samples_for_decision": 100,
+    "auto_promote_on_winning": False, "require_human_signoff": True, "caliper_seconds": 60,
+}
+
+
+def _spine(decl: Any, raw: Mapping[str, Any], name: str) -> Any:
+    if decl is not None and hasattr(decl, name):
+        return getattr(decl, name)
+    if name in raw:
+        return raw[name]
+    return _SPINE_DEFAULTS.get(name)
+
+
+def _started_at(err: _Errors, v: Any) -> datetime | None:
+    if isinstance(v, str):
+        try:
+            return cj.parse_timestamp(v)
+        except cj.CanonicalizationError as e:
+            err.add("started_at", str(e))
+            return None
+    if isinstance(v, datetime):
+        if v.tzinfo is None:
+            err.add("started_at", "must be timezone-aware (UTC)")
+            return None
+        return v.astimezone(timezone.utc)
+    err.add("started_at", f"is required (ISO-8601 UTC timestamp), got {_describe(v)}")
+    return None
+
+
+def build_contract(decl: Any = None, raw: Mapping[str, Any] | None = None, *,
+                   source_file: str | None = None) -> ExperimentContract:
+    """Validate a declaration's contract sections and return the :class:`ExperimentContract`.
+
+    ``decl`` is the spine's ``ExperimentDeclaration`` (duck-typed: any object with its fields);
+    ``raw`` is the parsed YAML mapping (default ``decl.raw``). With ``decl=None`` the spine fields
+    are read from ``raw`` with the spine's defaults. Raises :class:`ContractError` listing every
+    problem of the file.
+    """
+    if raw is None:
+        raw = getattr(decl, "raw", None) or {}
+    file = source_file or getattr(decl, "source_file", None) or "<memory>"
+    err = _Errors(file)
+    if not isinstance(raw, Mapping):
+        err.add("$", f"declaration must be a mapping, got {_describe(raw)}")
+        raise ContractError(file, err.items)
+    defaults: list[str] = []
+
+    experiment_id = _str(err, _spine(decl, raw, "experiment_id"), "experiment_id")
+    variant_slug = _str(err, _spine(decl, raw, "variant_slug"), "variant_slug")
+    control_slug = _str(err, _spine(decl, raw, "control_slug"), "control_slug")
+    if variant_slug and control_slug and variant_slug == control_slug:
+        err.add("variant_slug", f"equals control_slug {control_slug!r}: nothing to compare")
+    mode = _enum(err, _spine(decl, raw, "mode"), "mode", tuple(MODE_ENVELOPES))
+    split_pct = _spine(decl, raw, "traffic_split_pct")
+    split_bp: int | None = None
+    if isinstance(split_pct, bool) or not isinstance(split_pct, (int, float, Decimal)):
+        err.add("traffic_split_pct", f"must be a number 0..100, got {_describe(split_pct)}")
+    else:
+        try:
+            split_bp = cj.scale_int(split_pct, 100)
+        except cj.CanonicalizationError as e:
+            err.add("traffic_split_pct", str(e))
+        if split_bp is not None and not 0 <= split_bp <= 10000:
+            err.add("traffic_split_pct", f"must be in 0..100, got {split_pct}")
+            split_bp = None
+    min_samples = _int(err, _spine(decl, raw, "min_samples_for_decision"),
+                       "min_samples_for_decision", 1)
+    auto_promote = _bool(err, _spine(decl, raw, "auto_promote_on_winning"), "auto_promote_on_winning")
+    signoff = _bool(err, _spine(decl, raw, "require_human_signoff"), "require_human_signoff")
+    started_at = _started_at(err, _spine(decl, raw, "started_at"))
+    caliper = _spine(decl, raw, "caliper_seconds")
+    caliper_ms = None
+    try:
+        caliper_ms = cj.scale_int(caliper, 1000)
+        if caliper_ms <= 0:
+            err.add("caliper_seconds", f"must be > 0, got {caliper}")
+    except cj.CanonicalizationError as e:
+        err.add("caliper_seconds", str(e))
+
+    principal = _kind_id(err, _spine(decl, raw, "principal"), "principal",
+                         PRINCIPAL_KINDS, "on whose behalf (the desk or fund whose capital is at risk)")
+    if "subject" in raw:
+        subject = _kind_id(err, raw["subject"], "subject", SUBJECT_KINDS, "what is evaluated")
+    else:
+        subject = f"strategy:{variant_slug}" if variant_slug else None
+        defaults.append("subject")
+
+    if raw.get("personas") is None:
+        personas: tuple[str, ...] = tuple(sorted(PERSONAS))
+        defaults.append("personas")
+    else:
+        plist = _str_list(err, raw["personas"], "personas")
+        norm = []
+        for i, p in enumerate(plist):
+            n = p.lower()
+            n = n[len("persona:"):] if n.startswith("persona:") else n
+            n = n[: -len("_view")] if n.endswith("_view") else n
+            if n not in PERSONAS:
+                err.add(f"personas[{i}]", f"unknown persona {p!r}; expected one of {', '.join(PERSONAS)}")
+            else:
+                norm.append(n)
+        if not plist:
+            err.add("personas", "must name at least one persona to report to")
+        personas = tuple(sorted(set(norm)))
+
+    if raw.get("eval_surface") is None:
+        defaults.append("eval_surface")
+    eval_surface = _eval_surface(err, raw.get("eval_surface"), experiment_id or "unknown")
+
+    polb = _polb(err, raw.get("polb_config"), mode, split_bp, defaults)
+    variants = _variants(err, raw.get("variants"), variant_slug, control_slug, split_bp, polb, defaults)
+    eth = _eth(err, raw.get("eth_constraints"), defaults)
+    stop = _stop_rules(err, raw.get("stop_rules"), defaults)
+
+    salt = DEFAULT_SALT
+    if raw.get("assignment") is None:
+        defaults.append("assignment")
+    else:
+        a = _mapping(err, raw["assignment"], "assignment", ("salt",))
+        if a and "salt" in a:
+            salt = _str(err, a["salt"], "assignment.salt") or salt
+
+    stats_plan = _statistics_plan(err, decl, raw)
+
+    if err.items:
+        raise ContractError(file, err.items)
+    return ExperimentContract(
+        experiment_id=experiment_id, principal=principal, subject=subject, personas=personas,
+        variant_slug=variant_slug, control_slug=control_slug, mode=mode, traffic_split_bp=split_bp,
+        min_samples_for_decision=min_samples, auto_promote_on_winning=auto_promote,
+        require_human_signoff=signoff, started_at=started_at, caliper_ms=caliper_ms,
+        eval_surface=eval_surface, polb_config=polb, variants=variants, eth_constraints=eth,
+        stop_rules=stop, salt=salt, statistics_plan=stats_plan, source_file=file,
+        defaults_applied=tuple(defaults),
+    )
+
+
+# The spine's statistics-plan fields (issue 3) and their defaults.
+_STATS_INT = ("expected_samples", "planned_looks", "planned_max_samples")
+_STATS_REAL = ("mde_bps", "winsorize_pct")
+
+
+def _statistics_plan(err: _Errors, decl: Any, raw: Mapping[str, Any]) -> dict[str, Any]:
+    def get(name: str, default: Any = None) -> Any:
+        if decl is not None and hasattr(decl, name):
+            return getattr(decl, name)
+        return raw.get(name, default)
+
+    plan: dict[str, Any] = {"ci_method": get("ci_method", "always_valid")}
+    if not isinstance(plan["ci_method"], str):
+        err.add("ci_method", f"must be a string, got {_describe(plan['ci_method'])}")
+    for k in _STATS_INT:
+        v = get(k)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        plan[k] = None if v is None else _int(err, v, k, 0)
+    for k in _STATS_REAL:
+        v = get(k)
+        try:
+            plan[f"{k}_micros"] = None if v is None else cj.to_micros(v)
+        except cj.CanonicalizationError as e:
+            err.add(k, str(e))
+    return plan
+
+
+def _polb(err: _Errors, v: Any, mode: str | None, split_bp: int | None,
+          defaults: list[str]) -> PoLBConfig | None:
+    if v is None:
+        defaults.append("polb_config")
+    m = _mapping(err, v, "polb_config", ("envelope_mode", "mode_name", "max_risk_level",
+                                         "rollout_strategy", "max_population_share_bp",
+                                         "guarded_by_eth"))
+    if m is None:
+        return None
+    env = MODE_DEFAULT_ENVELOPE.get(mode or "")
+    if "envelope_mode" in m:
+        env = _enum(err, m["envelope_mode"], "polb_config.envelope_mode", ENVELOPE_MODES)
+        if env and mode and env not in MODE_ENVELOPES[mode]:
+            err.add("polb_config.envelope_mode",
+                    f"{env!r} contradicts mode {mode!r} (allowed: {', '.join(MODE_ENVELOPES[mode])})")
+            env = None
+    mode_name = (mode or "").upper()
+    if "mode_name" in m:
+        mode_name = _str(err, m["mode_name"], "polb_config.mode_name") or mode_name
+    risk = "high"  # no cap beyond the approval path unless declared lower
+    if "max_risk_level" in m:
+        risk = _enum(err, m["max_risk_level"], "polb_config.max_risk_level", RISK_LEVELS)
+    rollout = "random"
+    if "rollout_strategy" in m:
+        rollout = _enum(err, m["rollout_strategy"], "polb_config.rollout_strategy", ROLLOUT_STRATEGIES)
+    share = split_bp
+    if "max_population_share_bp" in m:
+        share = _int(err, m["max_population_share_bp"], "polb_config.max_population_share_bp",
+                     0, 10000, "basis points")
+    guarded = True
+    if "guarded_by_eth" in m:
+        guarded = _bool(err, m["guarded_by_eth"], "polb_config.guarded_by_eth")
+    if None in (env, risk, rollout, share, guarded):
+        return None
+    return PoLBConfig(env, mode_name, risk, rollout, share, guarded)
+
+
+def _variants(err: _Errors, v: Any, variant_slug: str | None, control_slug: str | None,
+              split_bp: int | None, polb: PoLBConfig | None,
+              defaults: list[str]) -> tuple[Variant, ...] | None:
+    if v is None:
+        defaults.append("variants")
+        if split_bp is None or not variant_slug or not control_slug:
+            return None
+        out = (Variant(CONTROL, control_slug, 10000 - split_bp), Variant("variant", variant_slug, split_bp))
+    else:
+        if not isinstance(v, Mapping):
+            err.add("variants", f"must be a mapping of variant id -> {{slug, traffic_share_bp}}, "
+                                f"got {_describe(v)}")
+            return None
+        if CONTROL not in v:
+            err.add("variants", "must declare a 'control' variant")
+        non_control = [k for k in v if k != CONTROL]
+        if not non_control:
+            err.add("variants", "must declare at least one variant besides 'control'")
+        items: list[Variant] = []
+        ok = True
+        for vid, spec in v.items():
+            p = f"variants.{vid}"
+            if not isinstance(vid, str) or not _ID_RE.match(vid):
+                err.add(p, "variant id must match [a-z][a-z0-9_-]{0,63}")
+                ok = False
+                continue
+            m = _mapping(err, spec, p, ("slug", "policy", "traffic_share_bp"))
+            if m is None:
+                ok = False
+                continue
+            if "traffic_share_bp" not in m:
+                msg = "is required (integer basis points; shares sum to 10000)"
+                if "traffic_share" in m:
+                    msg += "; 'traffic_share' floats are not accepted"
+                err.add(f"{p}.traffic_share_bp", msg)
+                ok = False
+                continue
+            share = _int(err, m["traffic_share_bp"], f"{p}.traffic_share_bp", 0, 10000, "basis points")
+            if vid == CONTROL:
+                default_slug = control_slug
+            else:
+                default_slug = variant_slug if len(non_control) == 1 else None
+            slug = m.get("slug", default_slug)
+            if slug is None:
+                err.add(f"{p}.slug", "is required when several variants are declared")
+                ok = False
+                continue
+            slug = _str(err, slug, f"{p}.slug")
+            policy = None
+            if m.get("policy") is not None:
+                policy = _str(err, m["policy"], f"{p}.policy")
+            if vid == CONTROL and slug and control_slug and slug != control_slug:
+                err.add(f"{p}.slug", f"control slug {slug!r} differs from control_slug {control_slug!r}")
+                ok = False
+            if share is None or slug is None:
+                ok = False
+                continue
+            items.append(Variant(vid, slug, share, policy))
+        if not ok or CONTROL not in v or not non_control:
+            return None
+        slugs = [x.slug for x in items]
+        for s in sorted({s for s in slugs if slugs.count(s) > 1}):
+            err.add("variants", f"slug {s!r} is used by more than one variant")
+        if variant_slug and variant_slug not in [x.slug for x in items if not x.is_control]:
+            err.add("variants", f"no variant has the declared variant_slug {variant_slug!r}")
+        total = sum(x.traffic_share_bp for x in items)
+        if total != 10000:
+            err.add("variants", "traffic_share_bp must sum to 10000, got "
+                    + " + ".join(f"{x.id}={x.traffic_share_bp}" for x in items) + f" = {total}")
+            return None
+        treat = total - next(x.traffic_share_bp for x in items if x.is_control)
+        if split_bp is not None and treat != split_bp:
+            # The spine's sample-ratio check uses traffic_split_pct: the two must agree.
+            err.add("variants", f"non-control traffic_share_bp sum {treat} differs from "
+                                f"traffic_split_pct {split_bp / 100:g} ({split_bp} bp); "
+                                f"set traffic_split_pct: {treat / 100:g}")
+        out = tuple([x for x in items if x.is_control] + sorted((x for x in items if not x.is_control),
+                                                               key=lambda x: x.id))
+    if polb is not None:
+        treat = sum(x.traffic_share_bp for x in out if not x.is_control)
+        if treat > polb.max_population_share_bp:
+            err.add("polb_config.max_population_share_bp",
+                    f"{polb.max_population_share_bp} bp is below the {treat} bp the variants receive "
+                    "(an experiment must never exceed its stated population share)")
+    return out
+
+
+def _eth(err: _Errors, v: Any, defaults: list[str]) -> EthConstraints:
+    if v is None:
+        defaults.append("eth_constraints")
+        return EthConstraints()
+    m = _mapping(err, v, "eth_constraints", ("forbid", "require")) or {}
+    markets, principals, units, statements = set(), set(), set(), []
+    for i, item in enumerate(_str_list(err, m.get("forbid"), "eth_constraints.forbid")):
+        kind, _, rest = item.partition(":")
+        target = {"market": markets, "principal": principals, "unit": units}.get(kind)
+        if target is not None:
+            if not rest.strip():
+                err.add(f"eth_constraints.forbid[{i}]", f"{item!r} names no {kind}")
+            else:
+                target.add(rest.strip())
+        elif " " not in item and ":" in item:
+            err.add(f"eth_constraints.forbid[{i}]",
+                    f"unknown forbid kind {kind!r} in {item!r}; enforced kinds are market:<id>, "
+                    "principal:<id>, unit:<id> (anything else must be a plain statement)")
+        else:
+            statements.append(item)
+    require = _str_list(err, m.get("require"), "eth_constraints.require")
+    return EthConstraints(frozenset(markets), frozenset(principals), frozenset(units),
+                          tuple(statements), tuple(require))
+
+
+def _stop_rules(err: _Errors, v: Any, defaults: list[str]) -> StopRules:
+    if v is None:
+        defaults.append("stop_rules")
+        return StopRules()
+    m = _mapping(err, v, "stop_rules", ("min_duration_days", "max_duration_days", "early_stop_on",
+                                        "futility")) or {}
+    lo = 0
+    if m.get("min_duration_days") is not None:
+        lo = _int(err, m["min_duration_days"], "stop_rules.min_duration_days", 0, 3650, "days")
+    hi = None
+    if m.get("max_duration_days") is not None:
+        hi = _int(err, m["max_duration_days"], "stop_rules.max_duration_days", 1, 3650, "days")
+    if lo is not None and hi is not None and lo > hi:
+        err.add("stop_rules.max_duration_days", f"{hi} is below min_duration_days {lo}")
+    early = frozenset(STOP_KINDS)
+    if "early_stop_on" in m:
+        lst = _str_list(err, m["early_stop_on"], "stop_rules.early_stop_on")
+        for i, k in enumerate(lst):
+            if k not in STOP_KINDS:
+                err.add(f"stop_rules.early_stop_on[{i}]", f"unknown stop rule {k!r}; expected "
+                                                          f"{', '.join(STOP_KINDS)}")
+        early = frozenset(k for k in lst if k in STOP_KINDS)
+        if "harm" not in early:
+            err.add("stop_rules.early_stop_on", "must include 'harm': a harm stop overrides "
+                                                "statistics and cannot be switched off (spec 13.3)")
+    band = None
+    power = None
+    f = _mapping(err, m.get("futility"), "stop_rules.futility",
+                 ("no_effect_band", "min_conditional_power_bp")) or {}
+    if f.get("no_effect_band") is not None:
+        b = f["no_effect_band"]
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            err.add("stop_rules.futility.no_effect_band", f"must be a number, got {_describe(b)}")
+        else:
+            band = Decimal(repr(b)) if isinstance(b, float) else Decimal(b)
+            if not band.is_finite() or band <= 0 or band * cj.MICROS != (band * cj.MICROS).to_integral_value():
+                err.add("stop_rules.futility.no_effect_band",
+                        f"must be > 0 with at most 6 decimal places, got {b}")
+                band = None
+    if f.get("min_conditional_power_bp") is not None:
+        power = _int(err, f["min_conditional_power_bp"], "stop_rules.futility.min_conditional_power_bp",
+                     1, 10000, "basis points")
+    return StopRules(lo if lo is not None else 0, hi, early, band, power)
