@@ -1,12 +1,13 @@
 # One command each: `make demo` runs the whole pipeline on SQLite with generated demo data; `make test` runs the
-# suite (it needs the PostgreSQL server on 127.0.0.1:5432, or EXPERIMENTTRACKER_TEST_PG_URL). Both set up
-# their own virtual environment on first use.
+# whole suite, the one CI runs (it needs the PostgreSQL server on 127.0.0.1:5432, or EXPERIMENTTRACKER_TEST_PG_URL);
+# `make test-fast` runs the unit and store layers only, for the edit-test loop. All set up their own virtual
+# environment on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install dev benchmarks clean
+.PHONY: demo test test-fast install dev benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/experimenttracker demo
 
+PYTEST := $(BIN)/pytest -n 2 --dist loadfile -q -p no:cacheprovider
+TESTS := experimenttracker_pipeline_tests
+
 test: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadfile -q
+	$(PYTEST) $(PYTEST_ARGS) $(TESTS)
+
+test-fast: $(STAMP)
+	$(PYTEST) $(PYTEST_ARGS) $(TESTS)/unit $(TESTS)/store
 
 # The Dagster UI on the same data folder and instance as `make demo`.
 dev: $(STAMP)

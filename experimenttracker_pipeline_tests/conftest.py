@@ -3,8 +3,6 @@ local server) and FAIL, never skip, when it is unreachable: CI must exercise the
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -14,8 +12,23 @@ import sqlalchemy as sa
 
 from experimenttracker_pipeline.defs.resources import forget_stores
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline_tests.support.postgres import PG_ADMIN_URL
+from experimenttracker_pipeline_tests.support.registry_server import RegistryServer
 
-PG_ADMIN_URL = os.environ.get("EXPERIMENTTRACKER_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+TESTS_ROOT = Path(__file__).resolve().parent
+LAYERS = ("unit", "store", "definitions", "e2e")  # one folder and one marker each: `pytest -m store`
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its layer (its folder) and with `postgres` when it talks to the PostgreSQL server,
+    so that layers can be selected with `-m` as well as by path."""
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS_ROOT).parts
+        if parts and parts[0] in LAYERS:
+            item.add_marker(parts[0])
+        callspec = getattr(item, "callspec", None)
+        if "pg_database" in item.fixturenames or (callspec and callspec.params.get("db_url") == "postgres"):
+            item.add_marker("postgres")
 
 
 @pytest.fixture(scope="session")
@@ -68,40 +81,17 @@ def store(db_url: str) -> Iterator[Store]:
     s.dispose()
 
 
-# ---- report and declaration builders ---------------------------------------------------------------
-BASE_MS = 1_778_000_000_000
-
-
-def fill(report_id: str, slug: str, mode: str, pair_key: str, *, edge: float = 1.0, notional: float = 100.0,
-         t: int = 0, market: str = "mkt_1", **extra) -> dict:
-    return {"report_id": report_id, "report_kind": "OperationsReport", "event_type": "FILL",
-            "topic": "polytraders.reports.operations", "bot_id": f"strat.{slug}", "strategy_slug": slug,
-            "mode": mode, "pair_key": pair_key, "market_id": market, "size_pusd": notional * 2,
-            "notional_pusd": notional, "edge_pusd": edge, "slippage_bps": 2.5, "recorded_at_ms": BASE_MS + t, **extra}
-
-
-def write_jsonl(path: Path, records: list, *, append: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a" if append else "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
-
-
-def declaration(exp_id: str = "exp_a", **overrides) -> str:
-    fields = {"experiment_id": exp_id, "principal": "desk:sports", "variant_slug": "v-slug",
-              "control_slug": "c-slug", "mode": "shadow_only", "traffic_split_pct": 10,
-              "min_samples_for_decision": 100, "started_at": "2026-05-01T00:00:00Z", **overrides}
-    lines = []
-    for key, value in fields.items():
-        if value is None:
-            continue
-        lines.append(f"{key}: {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture
 def workdirs(tmp_path: Path) -> dict[str, Path]:
     dirs = {"experiments": tmp_path / "experiments", "landing": tmp_path / "landing"}
     for d in dirs.values():
         d.mkdir()
     return dirs
+
+
+@pytest.fixture
+def registry_server() -> Iterator[RegistryServer]:
+    """A real HTTP strategy registry on a free local port; stopped after the test."""
+    server = RegistryServer()
+    yield server
+    server.close()

@@ -11,6 +11,7 @@ from experimenttracker_pipeline.definitions import build_definitions, defs
 from experimenttracker_pipeline.demo import DEMO_EXPERIMENTS, write_demo
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline_tests.support.registry_server import RegistryServer
 
 
 def _settings(tmp_path: Path, db_url: str, registry_url: str | None = None) -> Settings:
@@ -84,10 +85,8 @@ def test_blocking_check_fails_run_on_tampered_samples(pg_url, tmp_path):
 
 
 def test_demo_verdicts_drift_and_signoff_end_to_end(db_url, tmp_path):
-    """Issue 3: a winning, a losing, an A/A and a too-small experiment get the right verdicts; exactly one drift
+    """A winning, a losing, an A/A and a too-small experiment get the right verdicts; exactly one drift
     signal (the loser's) reaches a real HTTP registry; nothing is promoted until a human signs off."""
-    from experimenttracker_pipeline_tests.store.test_decisions import RegistryServer
-
     server = RegistryServer()
     try:
         settings = _settings(tmp_path, db_url, registry_url=server.url)

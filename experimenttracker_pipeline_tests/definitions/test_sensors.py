@@ -18,7 +18,7 @@ from experimenttracker_pipeline.stages.declarations.registration import (
 )
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
 from experimenttracker_pipeline.stages.samples.recording import record_samples
-from experimenttracker_pipeline_tests.conftest import declaration, fill, write_jsonl
+from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
 
 
 # ---- pure decisions ------------------------------------------------------------------------------------------

@@ -29,12 +29,9 @@ import sqlalchemy as sa
 
 from experimenttracker_pipeline.demo import DemoExperiment, shadow_reports
 from experimenttracker_pipeline.orchestration.instance import write_instance_yaml
-from experimenttracker_pipeline_tests.conftest import (
-    PG_ADMIN_URL,
-    declaration,
-    write_jsonl,
-)
-from experimenttracker_pipeline_tests.store.test_decisions import RegistryServer
+from experimenttracker_pipeline_tests.builders import declaration, write_jsonl
+from experimenttracker_pipeline_tests.support.postgres import PG_ADMIN_URL
+from experimenttracker_pipeline_tests.support.registry_server import RegistryServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

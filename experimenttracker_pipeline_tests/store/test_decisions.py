@@ -2,8 +2,6 @@
 signals through a real HTTP registry (outage, retry, idempotency), sign-offs and the promotion gate."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
@@ -28,46 +26,7 @@ from experimenttracker_pipeline.stages.promotion.signoff import (
 )
 from experimenttracker_pipeline.stages.samples.recording import record_samples
 from experimenttracker_pipeline.stages.verdict.decision import decide
-from experimenttracker_pipeline_tests.conftest import declaration, fill, write_jsonl
-
-
-class RegistryServer:
-    """A real HTTP StrategyRegistry on 127.0.0.1 that records what it receives; `fail` makes it answer 503."""
-
-    def __init__(self):
-        self.received: list[tuple[str, dict]] = []
-        self.fail = False
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server API
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if outer.fail:
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                outer.received.append((self.headers["Idempotency-Key"], body))
-                self.send_response(202)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/signals"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def registry_server():
-    server = RegistryServer()
-    yield server
-    server.close()
+from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
 
 
 def _experiment(store, workdirs, deltas, *, exp_id="exp_a", start=0, **decl):

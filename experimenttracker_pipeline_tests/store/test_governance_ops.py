@@ -18,7 +18,7 @@ from experimenttracker_pipeline.stages.governance import operations as gov
 from experimenttracker_pipeline.stages.governance.assignment import bucket_of
 from experimenttracker_pipeline.stages.governance.evaltrace import render_persona
 from experimenttracker_pipeline.stages.governance.risk import APPROVAL_STALE, UNAPPROVED
-from experimenttracker_pipeline_tests.conftest import declaration
+from experimenttracker_pipeline_tests.builders import declaration
 from experimenttracker_pipeline_tests.contract_fixtures import EXAMPLE_YAML
 
 EXP = "exp_sports_v2"  # EXAMPLE_YAML: limited_live, envelope online, medium risk (technical_lead + domain_expert)

@@ -11,7 +11,7 @@ from experimenttracker_pipeline.stages.ingestion.landing import (
     ingest_landing,
 )
 from experimenttracker_pipeline.store import Store
-from experimenttracker_pipeline_tests.conftest import fill, write_jsonl
+from experimenttracker_pipeline_tests.builders import fill, write_jsonl
 
 
 def _ingest(store: Store, landing: Path) -> IngestionResult:

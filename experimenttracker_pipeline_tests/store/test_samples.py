@@ -12,7 +12,7 @@ from experimenttracker_pipeline.stages.samples.recording import (
     verify_samples,
 )
 from experimenttracker_pipeline.store import ImmutableSampleError
-from experimenttracker_pipeline_tests.conftest import declaration, fill, write_jsonl
+from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
 
 
 def _setup(store, workdirs, **decl):

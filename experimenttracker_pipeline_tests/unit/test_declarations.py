@@ -9,7 +9,7 @@ from experimenttracker_pipeline.model.declaration import (
     load_declarations,
     parse_declaration,
 )
-from experimenttracker_pipeline_tests.conftest import declaration
+from experimenttracker_pipeline_tests.builders import declaration
 
 
 def test_defaults_follow_spec_section_8(tmp_path: Path):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import experimenttracker_pipeline.stages.ingestion.validation as r
-from experimenttracker_pipeline_tests.conftest import fill
+from experimenttracker_pipeline_tests.builders import fill
 
 GOOD = fill("rep-1", "v-slug", "shadow", "pk-1", covariates={"category": "major", "hour": 13},
             fill_quality=0.9, assignment_propensity=0.3, experiment_id="exp_a")
