@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experimenttracker_pipeline.model.contract import build_contract  # noqa: E402
+from experimenttracker_pipeline.model.experiment import parse_experiment  # noqa: E402
 from experimenttracker_pipeline.stages.governance.assignment import (  # noqa: E402
     AssignmentPlan,
     assign,
@@ -61,7 +61,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    contract = build_contract(None, RAW)
+    contract = parse_experiment(RAW, "benchmarks/assignment.yaml").contract
     plan = AssignmentPlan.from_contract(contract)
     ids = [f"opp-{i:09d}" for i in range(args.n)]
     markets = [f"mkt-{i % 100}" for i in range(args.n)]

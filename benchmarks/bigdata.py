@@ -9,8 +9,8 @@
 
 The database is migrated with the project's own migrations and holds:
 
-* ``experiments``: valid shadow-only declarations (built with ``parse_declaration`` and
-  ``ExperimentDeclaration.to_row()``, so ``decisions.declaration_of`` re-validates them), a mix of A/A
+* ``experiments``: valid shadow-only declarations (built with ``parse_experiment`` and
+  ``Experiment.to_row()``, so the stages read them back with ``experiment_from_row``), a mix of A/A
   experiments, winners and losers with per-experiment true mean delta and standard deviation.
 * ``experiment_samples``: ``samples`` rows spread evenly over the experiments, generated server-side
   (``INSERT ... SELECT ... FROM generate_series``, one statement per chunk of experiments). ``edge_delta_bps``
@@ -47,7 +47,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experimenttracker_pipeline.model.declaration import parse_declaration  # noqa: E402
+from experimenttracker_pipeline.model.experiment import parse_experiment  # noqa: E402
 from experimenttracker_pipeline.settings import normalise_db_url  # noqa: E402
 from experimenttracker_pipeline.store import Store  # noqa: E402
 
@@ -129,8 +129,7 @@ def _declaration_row(item: dict[str, Any]) -> dict[str, Any]:
     raw = {"experiment_id": item["experiment_id"], "principal": "desk:bench", "variant_slug": f"bench-model-{item['idx']}-v2",
            "control_slug": f"bench-model-{item['idx']}", "mode": "shadow_only", "min_samples_for_decision": 100,
            "started_at": STARTED_AT}
-    decl = parse_declaration(raw, f"bigdata/{item['experiment_id']}.yaml")
-    return decl.to_row()
+    return parse_experiment(raw, f"bigdata/{item['experiment_id']}.yaml").to_row()
 
 
 def _columns(conn: sa.Connection, table: str) -> set[str]:

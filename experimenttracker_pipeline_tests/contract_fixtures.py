@@ -1,17 +1,15 @@
-"""Shared helpers for the issue-6 tests: a stand-in for the spine's declaration and the README's
-complete contract example."""
+"""Shared helpers for the contract tests: the README's complete contract example, a declaration with only the
+core fields, and the contract of a raw declaration."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Mapping
 
 import yaml
 
-import experimenttracker_pipeline.model.canonical as cj
-from experimenttracker_pipeline.model.contract import ExperimentContract, build_contract
+from experimenttracker_pipeline.model.contract import ExperimentContract
+from experimenttracker_pipeline.model.experiment import parse_experiment
 
 # The complete example documented in the README (keep the two in sync).
 EXAMPLE_YAML = """\
@@ -82,51 +80,13 @@ assignment:
   salt: v1                             # bucket = sha256("<unit>:<experiment_id>:<salt>")[:4] % 10000
 """
 
-SPINE_FIELDS = ("experiment_id", "principal", "subject", "variant_slug", "control_slug", "mode",
-                "traffic_split_pct", "min_samples_for_decision", "auto_promote_on_winning",
-                "require_human_signoff", "started_at", "caliper_seconds")
-
-
-@dataclass(frozen=True)
-class StandInDeclaration:
-    """The spine's ExperimentDeclaration shape (duck-typed)."""
-    experiment_id: str
-    principal: str
-    subject: str
-    variant_slug: str
-    control_slug: str
-    mode: str
-    traffic_split_pct: float
-    min_samples_for_decision: int
-    auto_promote_on_winning: bool
-    require_human_signoff: bool
-    started_at: datetime
-    caliper_seconds: float
-    source_file: str
-    raw: Mapping[str, Any] = field(default_factory=dict)
-
-
-def declaration(raw: Mapping[str, Any], source_file: str = "experiments/exp.yaml") -> StandInDeclaration:
-    """Mimic the spine: spine fields parsed with defaults, the full mapping kept in ``raw``."""
-    return StandInDeclaration(
-        experiment_id=raw["experiment_id"], principal=raw.get("principal"),
-        subject=raw.get("subject") or f"strategy:{raw['variant_slug']}",
-        variant_slug=raw["variant_slug"], control_slug=raw["control_slug"],
-        mode=raw.get("mode", "shadow_only"), traffic_split_pct=raw.get("traffic_split_pct", 10),
-        min_samples_for_decision=raw.get("min_samples_for_decision", 100),
-        auto_promote_on_winning=raw.get("auto_promote_on_winning", False),
-        require_human_signoff=raw.get("require_human_signoff", True),
-        started_at=cj.parse_timestamp(raw.get("started_at", "2026-05-05T00:00:00Z")),
-        caliper_seconds=raw.get("caliper_seconds", 60), source_file=source_file, raw=raw,
-    )
-
 
 def example_raw() -> dict[str, Any]:
     return yaml.safe_load(EXAMPLE_YAML)
 
 
 def old_raw(**overrides: Any) -> dict[str, Any]:
-    """A pre-issue-6 declaration (spine keys only)."""
+    """A declaration with only the core fields (no contract sections), as written before contracts existed."""
     raw = {
         "experiment_id": "exp_sports_v2", "principal": "desk:sports",
         "variant_slug": "sports-model-v2", "control_slug": "sports-model", "mode": "shadow_only",
@@ -137,7 +97,9 @@ def old_raw(**overrides: Any) -> dict[str, Any]:
     return raw
 
 
-def make_contract(raw: Mapping[str, Any] | None = None, **overrides: Any) -> ExperimentContract:
+def make_contract(raw: Mapping[str, Any] | None = None, source_file: str = "experiments/exp.yaml",
+                  **overrides: Any) -> ExperimentContract:
+    """The contract of the declaration ``raw`` (default: the README example) with ``overrides`` applied."""
     raw = copy.deepcopy(dict(raw if raw is not None else example_raw()))
     raw.update(overrides)
-    return build_contract(declaration(raw), raw)
+    return parse_experiment(raw, source_file).contract

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from experimenttracker_pipeline.model.numbers import to_json
+
 from .common import (
     MIN_ARM_N,
     NO_PAIRED_DELTAS,
@@ -17,7 +19,6 @@ from .common import (
     SMALL_SAMPLE,
     Estimate,
     _cat_values,
-    _jsonable,
     design_matrix,
     split_covariates,
 )
@@ -88,7 +89,7 @@ class CausalResult:
             "seed": self.seed,
             "method": self.method,
         }
-        return _jsonable(d)
+        return to_json(d, sig=None)
 
 
 def _dedupe(xs: Iterable[str]) -> list[str]:

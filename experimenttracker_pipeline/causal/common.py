@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from experimenttracker_pipeline.model.numbers import finite_float
 
 # ----------------------------------------------------------------------------------------
 # Reason codes (strings so that they travel through JSON / the database unchanged)
@@ -33,35 +34,6 @@ MIN_ARM_N = 20
 # ----------------------------------------------------------------------------------------
 # Small result containers
 # ----------------------------------------------------------------------------------------
-def _f(x: Any) -> float | None:
-    """JSON-safe float: None for None/NaN/inf."""
-    if x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _f(obj)
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return obj
-
-
 @dataclass
 class Estimate:
     """A point estimate with its SE and a 95% CI (bps)."""
@@ -76,7 +48,7 @@ class Estimate:
     def normal(cls, est: float, se: float, n: int | None = None, level: float = 0.95) -> "Estimate":
         z = stats.norm.ppf(0.5 + level / 2)
         if not (np.isfinite(est) and np.isfinite(se)):
-            return cls(_f(est), _f(se), None, None, n)
+            return cls(finite_float(est), finite_float(se), None, None, n)
         return cls(float(est), float(se), float(est - z * se), float(est + z * se), n)
 
     def covers(self, value: float) -> bool:
@@ -88,10 +60,10 @@ class Estimate:
 
     def to_dict(self) -> dict:
         return {
-            "estimate_bps": _f(self.estimate_bps),
-            "ci_95_low": _f(self.ci_95_low),
-            "ci_95_high": _f(self.ci_95_high),
-            "se": _f(self.se),
+            "estimate_bps": finite_float(self.estimate_bps),
+            "ci_95_low": finite_float(self.ci_95_low),
+            "ci_95_high": finite_float(self.ci_95_high),
+            "se": finite_float(self.se),
         }
 
 

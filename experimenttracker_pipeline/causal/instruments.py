@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .common import WEAK_INSTRUMENT, _jsonable, design_matrix
+from experimenttracker_pipeline.model.numbers import to_json
+
+from .common import WEAK_INSTRUMENT, design_matrix
 
 
 # ----------------------------------------------------------------------------------------
@@ -42,7 +44,7 @@ class IVResult:
             "recommended_ci": "anderson_rubin" if self.weak else "wald",
             "warnings": self.warnings,
         }
-        return _jsonable(d)
+        return to_json(d, sig=None)
 
 
 def _ols(X, y):

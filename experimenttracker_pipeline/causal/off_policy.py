@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from .common import OPE_INVALID_PROPENSITY, OPE_POOR_OVERLAP, Estimate, _jsonable
+from experimenttracker_pipeline.model.numbers import to_json
+
+from .common import OPE_INVALID_PROPENSITY, OPE_POOR_OVERLAP, Estimate
 from .nuisance import _fit_predict
 from .weighting import _se_from_if, kish_ess
 
@@ -30,13 +32,13 @@ class OffPolicyResult:
     warnings: list[str]
 
     def to_dict(self) -> dict:
-        return _jsonable({
+        return to_json({
             "ips": self.ips, "snips": self.snips, "dr": self.dr,
             "dm_value_bps": self.dm_value,
             "dm_note": "direct method point estimate only: a DM CI ignores reward-model error",
             "n": self.n, "weight_ess_share": self.ess_share, "max_weight": self.max_weight,
             "warnings": self.warnings,
-        })
+        }, sig=None)
 
 
 def _col(df, x):

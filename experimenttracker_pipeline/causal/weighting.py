@@ -9,6 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from experimenttracker_pipeline.model.numbers import to_json
+
 from .common import (
     MIN_ARM_N,
     POOR_OVERLAP,
@@ -19,7 +21,6 @@ from .common import (
     SMALL_SAMPLE,
     WEIGHTS_CLIPPED,
     Estimate,
-    _jsonable,
     design_matrix,
 )
 from .nuisance import crossfit_outcomes, fit_propensity
@@ -113,7 +114,7 @@ class AteResult:
     mu1: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return _jsonable(
+        return to_json(
             {
                 "n": self.n,
                 "n_treated": self.n_treated,
@@ -131,7 +132,8 @@ class AteResult:
                 "se_method": self.se_method,
                 "warnings": self.warnings,
                 "seed": self.seed,
-            }
+            },
+            sig=None,
         )
 
 

@@ -1,4 +1,4 @@
-"""Governance subcommands of the `experimenttracker` command line (issue 6): trace, assign, approve, view.
+"""Governance subcommands of the `experimenttracker` command line: trace, assign, approve, view.
 
 ``register(subparsers)`` adds the subcommands to the main parser; ``dispatch(args, store)`` runs one of them and
 returns its exit code, or None when ``args.command`` is not a governance command. ``store`` is a ``Store`` or a
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from experimenttracker_pipeline.model.contract import ContractError
+from experimenttracker_pipeline.model.fields import InvalidDeclaration
 from experimenttracker_pipeline.stages.governance import operations as gov
 from experimenttracker_pipeline.stages.governance.evaltrace import PERSONAS
 from experimenttracker_pipeline.cli.errors import CliError
@@ -74,8 +74,8 @@ def _unit_ids(args_ids: Iterable[str], stdin: Any) -> Iterator[str]:
             yield uid
 
 
-def _contract_error_line(exc: ContractError) -> str:
-    return f"{exc.file}: invalid experiment contract: " + "; ".join(f"{i.path}: {i.message}" for i in exc.issues)
+def _declaration_error_line(exc: InvalidDeclaration) -> str:
+    return f"{exc.file}: invalid experiment declaration: " + "; ".join(f"{i.path}: {i.message}" for i in exc.issues)
 
 
 def dispatch(args: argparse.Namespace, store: Store | Callable[[], Store]) -> int | None:
@@ -88,8 +88,8 @@ def dispatch(args: argparse.Namespace, store: Store | Callable[[], Store]) -> in
         return _RUN[command](args, the_store)
     except gov.GovernanceError as exc:
         raise _error(str(exc)) from exc
-    except ContractError as exc:
-        raise _error(_contract_error_line(exc)) from exc
+    except InvalidDeclaration as exc:
+        raise _error(_declaration_error_line(exc)) from exc
 
 
 def _trace(args: argparse.Namespace, store: Store) -> int:

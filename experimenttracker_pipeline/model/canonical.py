@@ -166,6 +166,23 @@ def parse_timestamp(value: str) -> datetime:
     return dt.astimezone(timezone.utc)
 
 
+def stored_timestamp(value: Any) -> str | None:
+    """A time as a database returns it (a PostgreSQL datetime, SQLite ISO text without an offset, or epoch
+    milliseconds) as the canonical UTC timestamp string; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return format_timestamp(value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_timestamp(datetime.fromtimestamp(value / 1000, tz=timezone.utc))
+    text = str(value).strip()
+    try:
+        return format_timestamp(parse_timestamp(text))
+    except CanonicalizationError:
+        # SQLite text written without an offset is UTC by construction (strftime).
+        return format_timestamp(parse_timestamp(text.replace(" ", "T") + "Z"))
+
+
 def as_of(time: datetime | str) -> dict[str, str]:
     """The ``as_of`` marker: ``{"time": <UTC timestamp>, "clock_profile": "si/clock-profile/utc/v1"}``."""
     return {"time": format_timestamp(time), "clock_profile": CLOCK_PROFILE}
@@ -211,9 +228,9 @@ def to_micros(x: Any) -> int:
     return scale_int(x, MICROS)
 
 
-def from_micros(n: int) -> float:
-    """Inverse of :func:`to_micros` for display and computation."""
-    return n / MICROS
+def from_micros(n: int | None) -> float | None:
+    """Inverse of :func:`to_micros` for display and computation (None stays None)."""
+    return None if n is None else n / MICROS
 
 
 def to_exportable(obj: Any, path: str = "") -> Any:

@@ -1,10 +1,11 @@
-"""Experiment contracts: the issue-6 goal-surface layer over the spine's experiment declaration.
+"""Experiment contracts: the goal surface, population envelope and governance terms of an experiment.
 
-``build_contract(decl, raw)`` validates the optional sections ``subject``, ``personas``,
-``eval_surface``, ``polb_config``, ``variants``, ``eth_constraints``, ``stop_rules`` and
-``assignment`` of a declaration and fills defaults derived from the spine's ``mode`` and
-``traffic_split_pct`` so old declarations keep working. All problems of one file are collected
-into one :class:`ContractError`.
+The contract is the part of an :class:`~experimenttracker_pipeline.model.experiment.Experiment` that approvals
+pin. ``contract_sections`` validates the optional sections ``personas``, ``eval_surface``, ``polb_config``,
+``variants``, ``eth_constraints``, ``stop_rules`` and ``assignment`` of a declaration and fills defaults derived
+from its ``mode`` and ``traffic_split_pct``, so declarations without them keep working; the experiment parser
+(``model.experiment.parse_experiment``) validates the core fields and the plans, and collects every problem of
+the file into one ``InvalidDeclaration``.
 
 The contract's canonical form (``to_canonical()``) and ``digest`` are what approvals pin. The
 canonical form is semantic: key order, list order of set-like lists (objectives, constraints,
@@ -36,6 +37,8 @@ from functools import cached_property
 from typing import Any, Mapping, Sequence
 
 import experimenttracker_pipeline.model.canonical as cj
+from experimenttracker_pipeline.model import fields as f
+from experimenttracker_pipeline.model.plans import StatisticsPlan
 
 SCHEMA = "experimenttracker/experiment-contract/v1"
 
@@ -63,7 +66,7 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 ENVELOPE_MODES = ("sandbox", "shadow", "online", "degraded")
-# Which PoLB envelopes are consistent with the spine's mode: shadow_only never touches live
+# Which PoLB envelopes are consistent with the declared mode: shadow_only never touches live
 # capital, limited_live always does (degraded = online under reduced operation).
 MODE_ENVELOPES = {"shadow_only": ("sandbox", "shadow"), "limited_live": ("online", "degraded")}
 MODE_DEFAULT_ENVELOPE = {"shadow_only": "shadow", "limited_live": "online"}
@@ -77,57 +80,18 @@ CONTROL = "control"
 DEFAULT_SALT = "v1"
 DEFAULT_DOMAIN = "finance"  # trading capital is at risk: the spec 18.2 "finance" domain
 
-# Names that say nothing about who or what: rejected as principal/subject names (spec 3).
-VAGUE_NAMES = frozenset({
-    "", "tbd", "todo", "tba", "unknown", "none", "null", "n/a", "na", "any", "anyone", "all",
-    "everyone", "everybody", "default", "someone", "somebody", "misc", "general", "various",
-    "whatever", "xxx", "x", "?", "-", "new", "old", "variant", "control", "strategy", "model",
-    "the new model", "new model", "desk", "fund", "us", "we", "me",
-})
-
 _ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_KIND_ID_RE = re.compile(r"^([a-z][a-z0-9_]*):(\S+)$")
 _CONSTRAINT_RE = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|=<|=>|<|>|=)\s*"
     r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*$"
 )
 _SUPPORTED_OPS = ("<=", "<", ">=", ">")
 
-SPINE_KEYS = frozenset({
-    "experiment_id", "principal", "subject", "variant_slug", "control_slug", "mode",
-    "traffic_split_pct", "min_samples_for_decision", "auto_promote_on_winning",
-    "require_human_signoff", "started_at", "caliper_seconds",
-})
+# The declaration's contract sections (the core fields and the plans are listed in model.experiment).
 CONTRACT_KEYS = frozenset({
     "personas", "eval_surface", "polb_config", "variants", "eth_constraints", "stop_rules",
     "assignment",
 })
-
-
-# -- errors ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ContractIssue:
-    file: str
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.path}: {self.message}"
-
-
-class ContractError(ValueError):
-    """All contract problems of one declaration file; ``issues`` lists (file, path, message)."""
-
-    def __init__(self, file: str, issues: Sequence[ContractIssue]):
-        self.file = file
-        self.issues = list(issues)
-        lines = "\n".join(f"  {i.path}: {i.message}" for i in self.issues)
-        super().__init__(f"{file}: invalid experiment contract ({len(self.issues)} error(s)):\n{lines}")
-
-    @property
-    def paths(self) -> list[str]:
-        return [i.path for i in self.issues]
 
 
 # -- contract model --------------------------------------------------------------------------
@@ -328,9 +292,9 @@ class ExperimentContract:
     eth_constraints: EthConstraints
     stop_rules: StopRules
     salt: str = DEFAULT_SALT
-    # The spine's statistics plan (issue 3) in export form: changing the CI method or the planned
-    # looks after approval must change the digest, or the plan could be swapped after peeking.
-    statistics_plan: Mapping[str, Any] = field(default_factory=dict)
+    # Changing the CI method or the planned looks after approval must change the digest, or the plan
+    # could be swapped after peeking.
+    statistics_plan: StatisticsPlan = StatisticsPlan()
     source_file: str = "<memory>"
     defaults_applied: tuple[str, ...] = field(default=(), compare=False)
 
@@ -375,7 +339,7 @@ class ExperimentContract:
             "variants": {v.id: v.to_canonical() for v in self.variants},
             "eth_constraints": self.eth_constraints.to_canonical(),
             "stop_rules": self.stop_rules.to_canonical(),
-            "statistics_plan": dict(self.statistics_plan),
+            "statistics_plan": self.statistics_plan.to_canonical(),
             "assignment": {
                 "scheme": "sha256(utf8(unit_id:experiment_id:salt))[0:4] big-endian mod 10000",
                 "salt": self.salt,
@@ -401,114 +365,11 @@ class ExperimentContract:
         return cj.binding(self.eval_surface.id, self.eval_surface.to_canonical())
 
 
-# -- validation ------------------------------------------------------------------------------
+# -- validation of the contract sections ---------------------------------------------------
 
-class _Errors:
-    def __init__(self, file: str):
-        self.file = file
-        self.items: list[ContractIssue] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append(ContractIssue(self.file, path, message))
-
-
-def _describe(v: Any) -> str:
-    return f"{type(v).__name__} {v!r}"
-
-
-def _int(err: _Errors, v: Any, path: str, lo: int | None = None, hi: int | None = None,
-         unit: str = "") -> int | None:
-    # bool is an int subclass in Python and 1000.0 is a float: both are rejected because the
-    # exported form must be an exact integer (spec 0: scaled integers, no floats).
-    if isinstance(v, bool) or not isinstance(v, int):
-        hint = f" ({unit})" if unit else ""
-        err.add(path, f"must be an integer{hint}, got {_describe(v)}")
-        return None
-    if lo is not None and v < lo or hi is not None and v > hi:
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        err.add(path, f"must be in {rng}, got {v}")
-        return None
-    return v
-
-
-def _bool(err: _Errors, v: Any, path: str) -> bool | None:
-    if not isinstance(v, bool):
-        err.add(path, f"must be true or false, got {_describe(v)}")
-        return None
-    return v
-
-
-def _str(err: _Errors, v: Any, path: str) -> str | None:
-    if not isinstance(v, str) or not v.strip():
-        err.add(path, f"must be a non-empty string, got {_describe(v)}")
-        return None
-    return v.strip()
-
-
-def _mapping(err: _Errors, v: Any, path: str, allowed: Sequence[str]) -> Mapping[str, Any] | None:
-    if v is None:
-        return {}
-    if not isinstance(v, Mapping):
-        err.add(path, f"must be a mapping, got {_describe(v)}")
-        return None
-    for k in v:
-        if k not in allowed:
-            err.add(f"{path}.{k}", f"unknown key; allowed: {', '.join(allowed)}")
-    return v
-
-
-def _str_list(err: _Errors, v: Any, path: str) -> list[str]:
-    if v is None:
-        return []
-    if isinstance(v, str) or not isinstance(v, Sequence):
-        err.add(path, f"must be a list of strings, got {_describe(v)}")
-        return []
-    out = []
-    for i, item in enumerate(v):
-        s = _str(err, item, f"{path}[{i}]")
-        if s is not None:
-            out.append(s)
-    return out
-
-
-def _enum(err: _Errors, v: Any, path: str, allowed: Sequence[str]) -> str | None:
-    if not isinstance(v, str) or v not in allowed:
-        err.add(path, f"must be one of {', '.join(allowed)}; got {v!r}")
-        return None
-    return v
-
-
-def _is_vague(name: str) -> bool:
-    n = name.strip().lower()
-    return n in VAGUE_NAMES or not any(c.isalnum() for c in n)
-
-
-def _kind_id(err: _Errors, v: Any, path: str, kinds: Sequence[str], what: str) -> str | None:
-    if v is None or (isinstance(v, str) and not v.strip()):
-        err.add(path, f"is missing: declare {what} as \"<kind>:<name>\" with kind one of "
-                      f"{', '.join(kinds)}")
-        return None
+def _constraint(err: f.Issues, v: Any, path: str) -> Constraint | None:
     if not isinstance(v, str):
-        err.add(path, f"must be a string \"<kind>:<name>\", got {_describe(v)}")
-        return None
-    m = _KIND_ID_RE.match(v.strip())
-    if not m:
-        err.add(path, f"{v!r} is vague: expected \"<kind>:<name>\" with kind one of "
-                      f"{', '.join(kinds)} (spec 3: say exactly {what})")
-        return None
-    kind, name = m.groups()
-    if kind not in kinds:
-        err.add(path, f"{v!r}: unknown kind {kind!r}; expected one of {', '.join(kinds)}")
-        return None
-    if _is_vague(name):
-        err.add(path, f"{v!r} is vague: {name!r} does not identify {what}")
-        return None
-    return v.strip()
-
-
-def _constraint(err: _Errors, v: Any, path: str) -> Constraint | None:
-    if not isinstance(v, str):
-        err.add(path, f"must be a string like \"slippage_delta_bps <= 5\", got {_describe(v)}")
+        err.add(path, f"must be a string like \"slippage_delta_bps <= 5\", got {f.describe(v)}")
         return None
     m = _CONSTRAINT_RE.match(v)
     if not m:
@@ -532,20 +393,20 @@ def _constraint(err: _Errors, v: Any, path: str) -> Constraint | None:
     return Constraint(metric, op, d) if ok else None
 
 
-def _objectives(err: _Errors, v: Any, path: str, required: bool) -> list[Objective]:
+def _objectives(err: f.Issues, v: Any, path: str, required: bool) -> list[Objective]:
     if v is None:
         if required:
             err.add(path, "at least one primary objective is required")
         return []
     if isinstance(v, (str, Mapping)) or not isinstance(v, Sequence):
-        err.add(path, f"must be a list of {{name, weight_bp}}, got {_describe(v)}")
+        err.add(path, f"must be a list of {{name, weight_bp}}, got {f.describe(v)}")
         return []
     if required and not v:
         err.add(path, "at least one primary objective is required")
     out = []
     for i, item in enumerate(v):
         p = f"{path}[{i}]"
-        m = _mapping(err, item, p, ("name", "weight_bp"))
+        m = f.mapping(err, item, p, ("name", "weight_bp"))
         if m is None:
             continue
         name = m.get("name")
@@ -558,7 +419,7 @@ def _objectives(err: _Errors, v: Any, path: str, required: bool) -> list[Objecti
                 msg += "; 'weight' floats are not accepted, use weight_bp"
             err.add(f"{p}.weight_bp", msg)
             continue
-        w = _int(err, m["weight_bp"], f"{p}.weight_bp", -10000, 10000, "basis points")
+        w = f.integer(err, m["weight_bp"], f"{p}.weight_bp", -10000, 10000, "basis points")
         if w == 0:
             err.add(f"{p}.weight_bp", "must not be 0 (drop the objective instead)")
             w = None
@@ -567,15 +428,15 @@ def _objectives(err: _Errors, v: Any, path: str, required: bool) -> list[Objecti
     return out
 
 
-def _eval_surface(err: _Errors, v: Any, experiment_id: str) -> EvalSurface | None:
+def _eval_surface(err: f.Issues, v: Any, experiment_id: str) -> EvalSurface | None:
     default_id = f"eval:{experiment_id}/v1"
     if v is None:
         return EvalSurface(id=default_id, primary=(Objective("edge_delta_bps", 10000),))
-    es = _mapping(err, v, "eval_surface", ("id", "objectives", "constraints", "scope"))
+    es = f.mapping(err, v, "eval_surface", ("id", "objectives", "constraints", "scope"))
     if es is None:
         return None
-    sid = default_id if es.get("id") is None else _str(err, es.get("id"), "eval_surface.id")
-    obj = _mapping(err, es.get("objectives"), "eval_surface.objectives", ("primary", "secondary")) or {}
+    sid = default_id if es.get("id") is None else f.text(err, es.get("id"), "eval_surface.id")
+    obj = f.mapping(err, es.get("objectives"), "eval_surface.objectives", ("primary", "secondary")) or {}
     if es.get("objectives") is None:
         primary = [Objective("edge_delta_bps", 10000)]
     else:
@@ -589,11 +450,11 @@ def _eval_surface(err: _Errors, v: Any, experiment_id: str) -> EvalSurface | Non
                         f"metric {o.metric!r} appears more than once (already in {seen[o.metric]})")
             seen[o.metric] = group
 
-    cons = _mapping(err, es.get("constraints"), "eval_surface.constraints", ("hard", "soft")) or {}
+    cons = f.mapping(err, es.get("constraints"), "eval_surface.constraints", ("hard", "soft")) or {}
     hard: list[Constraint] = []
     hv = cons.get("hard")
     if hv is not None and (isinstance(hv, (str, Mapping)) or not isinstance(hv, Sequence)):
-        err.add("eval_surface.constraints.hard", f"must be a list of strings, got {_describe(hv)}")
+        err.add("eval_surface.constraints.hard", f"must be a list of strings, got {f.describe(hv)}")
         hv = None
     for i, item in enumerate(hv or []):
         c = _constraint(err, item, f"eval_surface.constraints.hard[{i}]")
@@ -605,16 +466,16 @@ def _eval_surface(err: _Errors, v: Any, experiment_id: str) -> EvalSurface | Non
     soft: list[SoftConstraint] = []
     sv = cons.get("soft")
     if sv is not None and (isinstance(sv, (str, Mapping)) or not isinstance(sv, Sequence)):
-        err.add("eval_surface.constraints.soft", f"must be a list, got {_describe(sv)}")
+        err.add("eval_surface.constraints.soft", f"must be a list, got {f.describe(sv)}")
         sv = None
     for i, item in enumerate(sv or []):
         p = f"eval_surface.constraints.soft[{i}]"
         penalty: int | None = 10000  # spec 14.2: a bare soft expression has penalty 1.0
         if isinstance(item, Mapping):
-            m = _mapping(err, item, p, ("expr", "penalty_weight_bp"))
+            m = f.mapping(err, item, p, ("expr", "penalty_weight_bp"))
             expr = m.get("expr") if m is not None else None
             if m is not None and "penalty_weight_bp" in m:
-                penalty = _int(err, m["penalty_weight_bp"], f"{p}.penalty_weight_bp", 1, 10_000_000,
+                penalty = f.integer(err, m["penalty_weight_bp"], f"{p}.penalty_weight_bp", 1, 10_000_000,
                                "basis points")
             if m is not None and "expr" not in m:
                 err.add(f"{p}.expr", "is required")
@@ -632,116 +493,33 @@ def _eval_surface(err: _Errors, v: Any, experiment_id: str) -> EvalSurface | Non
         else:
             soft.append(SoftConstraint(c, penalty))
 
-    sc = _mapping(err, es.get("scope"), "eval_surface.scope",
+    sc = f.mapping(err, es.get("scope"), "eval_surface.scope",
                   ("domain", "population", "vulnerable_populations")) or {}
     domain = DEFAULT_DOMAIN
     if sc.get("domain") is not None:
-        domain = (_str(err, sc["domain"], "eval_surface.scope.domain") or DEFAULT_DOMAIN).lower()
+        domain = (f.text(err, sc["domain"], "eval_surface.scope.domain") or DEFAULT_DOMAIN).lower()
     population = None
     if sc.get("population") is not None:
-        population = _str(err, sc["population"], "eval_surface.scope.population")
-    vulnerable = _str_list(err, sc.get("vulnerable_populations"), "eval_surface.scope.vulnerable_populations")
+        population = f.text(err, sc["population"], "eval_surface.scope.population")
+    vulnerable = f.str_list(err, sc.get("vulnerable_populations"), "eval_surface.scope.vulnerable_populations")
     if sid is None:
         return None
     return EvalSurface(sid, tuple(primary), tuple(secondary), tuple(hard), tuple(soft),
                        Scope(domain, population, tuple(sorted(set(vulnerable)))))
 
 
-# -- spine field access (duck-typed declaration, or the raw mapping) -------------------------
+def build_contract(err: f.Issues, raw: Mapping[str, Any], core: Mapping[str, Any],
+                   statistics_plan: StatisticsPlan | None, defaults: list[str]) -> ExperimentContract | None:
+    """Validate the contract sections of the declaration ``raw`` and return its :class:`ExperimentContract`.
 
-_SPINE_DEFAULTS: dict[str, Any] = {
-    "mode": "shadow_only", "traffic_split_pct": 10, "min_samples_for_decision": 100,
-    "auto_promote_on_winning": False, "require_human_signoff": True, "caliper_seconds": 60,
-}
-
-
-def _spine(decl: Any, raw: Mapping[str, Any], name: str) -> Any:
-    if decl is not None and hasattr(decl, name):
-        return getattr(decl, name)
-    if name in raw:
-        return raw[name]
-    return _SPINE_DEFAULTS.get(name)
-
-
-def _started_at(err: _Errors, v: Any) -> datetime | None:
-    if isinstance(v, str):
-        try:
-            return cj.parse_timestamp(v)
-        except cj.CanonicalizationError as e:
-            err.add("started_at", str(e))
-            return None
-    if isinstance(v, datetime):
-        if v.tzinfo is None:
-            err.add("started_at", "must be timezone-aware (UTC)")
-            return None
-        return v.astimezone(timezone.utc)
-    err.add("started_at", f"is required (ISO-8601 UTC timestamp), got {_describe(v)}")
-    return None
-
-
-def build_contract(decl: Any = None, raw: Mapping[str, Any] | None = None, *,
-                   source_file: str | None = None) -> ExperimentContract:
-    """Validate a declaration's contract sections and return the :class:`ExperimentContract`.
-
-    ``decl`` is the spine's ``ExperimentDeclaration`` (duck-typed: any object with its fields);
-    ``raw`` is the parsed YAML mapping (default ``decl.raw``). With ``decl=None`` the spine fields
-    are read from ``raw`` with the spine's defaults. Raises :class:`ContractError` listing every
-    problem of the file.
+    ``core`` holds the declaration's already-validated core fields under the contract's names (None where
+    invalid); section defaults derive from them. Problems go to ``err``; None when there is any.
     """
-    if raw is None:
-        raw = getattr(decl, "raw", None) or {}
-    file = source_file or getattr(decl, "source_file", None) or "<memory>"
-    err = _Errors(file)
-    if not isinstance(raw, Mapping):
-        err.add("$", f"declaration must be a mapping, got {_describe(raw)}")
-        raise ContractError(file, err.items)
-    defaults: list[str] = []
-
-    experiment_id = _str(err, _spine(decl, raw, "experiment_id"), "experiment_id")
-    variant_slug = _str(err, _spine(decl, raw, "variant_slug"), "variant_slug")
-    control_slug = _str(err, _spine(decl, raw, "control_slug"), "control_slug")
-    if variant_slug and control_slug and variant_slug == control_slug:
-        err.add("variant_slug", f"equals control_slug {control_slug!r}: nothing to compare")
-    mode = _enum(err, _spine(decl, raw, "mode"), "mode", tuple(MODE_ENVELOPES))
-    split_pct = _spine(decl, raw, "traffic_split_pct")
-    split_bp: int | None = None
-    if isinstance(split_pct, bool) or not isinstance(split_pct, (int, float, Decimal)):
-        err.add("traffic_split_pct", f"must be a number 0..100, got {_describe(split_pct)}")
-    else:
-        try:
-            split_bp = cj.scale_int(split_pct, 100)
-        except cj.CanonicalizationError as e:
-            err.add("traffic_split_pct", str(e))
-        if split_bp is not None and not 0 <= split_bp <= 10000:
-            err.add("traffic_split_pct", f"must be in 0..100, got {split_pct}")
-            split_bp = None
-    min_samples = _int(err, _spine(decl, raw, "min_samples_for_decision"),
-                       "min_samples_for_decision", 1)
-    auto_promote = _bool(err, _spine(decl, raw, "auto_promote_on_winning"), "auto_promote_on_winning")
-    signoff = _bool(err, _spine(decl, raw, "require_human_signoff"), "require_human_signoff")
-    started_at = _started_at(err, _spine(decl, raw, "started_at"))
-    caliper = _spine(decl, raw, "caliper_seconds")
-    caliper_ms = None
-    try:
-        caliper_ms = cj.scale_int(caliper, 1000)
-        if caliper_ms <= 0:
-            err.add("caliper_seconds", f"must be > 0, got {caliper}")
-    except cj.CanonicalizationError as e:
-        err.add("caliper_seconds", str(e))
-
-    principal = _kind_id(err, _spine(decl, raw, "principal"), "principal",
-                         PRINCIPAL_KINDS, "on whose behalf (the desk or fund whose capital is at risk)")
-    if "subject" in raw:
-        subject = _kind_id(err, raw["subject"], "subject", SUBJECT_KINDS, "what is evaluated")
-    else:
-        subject = f"strategy:{variant_slug}" if variant_slug else None
-        defaults.append("subject")
-
     if raw.get("personas") is None:
         personas: tuple[str, ...] = tuple(sorted(PERSONAS))
         defaults.append("personas")
     else:
-        plist = _str_list(err, raw["personas"], "personas")
+        plist = f.str_list(err, raw["personas"], "personas")
         norm = []
         for i, p in enumerate(plist):
             n = p.lower()
@@ -757,10 +535,11 @@ def build_contract(decl: Any = None, raw: Mapping[str, Any] | None = None, *,
 
     if raw.get("eval_surface") is None:
         defaults.append("eval_surface")
-    eval_surface = _eval_surface(err, raw.get("eval_surface"), experiment_id or "unknown")
-
-    polb = _polb(err, raw.get("polb_config"), mode, split_bp, defaults)
-    variants = _variants(err, raw.get("variants"), variant_slug, control_slug, split_bp, polb, defaults)
+    eval_surface = _eval_surface(err, raw.get("eval_surface"), core["experiment_id"] or "unknown")
+    split_bp = core["traffic_split_bp"]
+    polb = _polb(err, raw.get("polb_config"), core["mode"], split_bp, defaults)
+    variants = _variants(err, raw.get("variants"), core["variant_slug"], core["control_slug"], split_bp, polb,
+                         defaults)
     eth = _eth(err, raw.get("eth_constraints"), defaults)
     stop = _stop_rules(err, raw.get("stop_rules"), defaults)
 
@@ -768,91 +547,56 @@ def build_contract(decl: Any = None, raw: Mapping[str, Any] | None = None, *,
     if raw.get("assignment") is None:
         defaults.append("assignment")
     else:
-        a = _mapping(err, raw["assignment"], "assignment", ("salt",))
+        a = f.mapping(err, raw["assignment"], "assignment", ("salt",))
         if a and "salt" in a:
-            salt = _str(err, a["salt"], "assignment.salt") or salt
+            salt = f.text(err, a["salt"], "assignment.salt") or salt
 
-    stats_plan = _statistics_plan(err, decl, raw)
-
-    if err.items:
-        raise ContractError(file, err.items)
+    if err.items or statistics_plan is None:
+        return None
     return ExperimentContract(
-        experiment_id=experiment_id, principal=principal, subject=subject, personas=personas,
-        variant_slug=variant_slug, control_slug=control_slug, mode=mode, traffic_split_bp=split_bp,
-        min_samples_for_decision=min_samples, auto_promote_on_winning=auto_promote,
-        require_human_signoff=signoff, started_at=started_at, caliper_ms=caliper_ms,
-        eval_surface=eval_surface, polb_config=polb, variants=variants, eth_constraints=eth,
-        stop_rules=stop, salt=salt, statistics_plan=stats_plan, source_file=file,
-        defaults_applied=tuple(defaults),
-    )
+        **core, personas=personas, eval_surface=eval_surface, polb_config=polb, variants=variants,
+        eth_constraints=eth, stop_rules=stop, salt=salt, statistics_plan=statistics_plan, source_file=err.file,
+        defaults_applied=tuple(defaults))
 
 
-# The spine's statistics-plan fields (issue 3) and their defaults.
-_STATS_INT = ("expected_samples", "planned_looks", "planned_max_samples")
-_STATS_REAL = ("mde_bps", "winsorize_pct")
-
-
-def _statistics_plan(err: _Errors, decl: Any, raw: Mapping[str, Any]) -> dict[str, Any]:
-    def get(name: str, default: Any = None) -> Any:
-        if decl is not None and hasattr(decl, name):
-            return getattr(decl, name)
-        return raw.get(name, default)
-
-    plan: dict[str, Any] = {"ci_method": get("ci_method", "always_valid")}
-    if not isinstance(plan["ci_method"], str):
-        err.add("ci_method", f"must be a string, got {_describe(plan['ci_method'])}")
-    for k in _STATS_INT:
-        v = get(k)
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        plan[k] = None if v is None else _int(err, v, k, 0)
-    for k in _STATS_REAL:
-        v = get(k)
-        try:
-            plan[f"{k}_micros"] = None if v is None else cj.to_micros(v)
-        except cj.CanonicalizationError as e:
-            err.add(k, str(e))
-    return plan
-
-
-def _polb(err: _Errors, v: Any, mode: str | None, split_bp: int | None,
+def _polb(err: f.Issues, v: Any, mode: str | None, split_bp: int | None,
           defaults: list[str]) -> PoLBConfig | None:
     if v is None:
         defaults.append("polb_config")
-    m = _mapping(err, v, "polb_config", ("envelope_mode", "mode_name", "max_risk_level",
+    m = f.mapping(err, v, "polb_config", ("envelope_mode", "mode_name", "max_risk_level",
                                          "rollout_strategy", "max_population_share_bp",
                                          "guarded_by_eth"))
     if m is None:
         return None
     env = MODE_DEFAULT_ENVELOPE.get(mode or "")
     if "envelope_mode" in m:
-        env = _enum(err, m["envelope_mode"], "polb_config.envelope_mode", ENVELOPE_MODES)
+        env = f.enum(err, m["envelope_mode"], "polb_config.envelope_mode", ENVELOPE_MODES)
         if env and mode and env not in MODE_ENVELOPES[mode]:
             err.add("polb_config.envelope_mode",
                     f"{env!r} contradicts mode {mode!r} (allowed: {', '.join(MODE_ENVELOPES[mode])})")
             env = None
     mode_name = (mode or "").upper()
     if "mode_name" in m:
-        mode_name = _str(err, m["mode_name"], "polb_config.mode_name") or mode_name
+        mode_name = f.text(err, m["mode_name"], "polb_config.mode_name") or mode_name
     risk = "high"  # no cap beyond the approval path unless declared lower
     if "max_risk_level" in m:
-        risk = _enum(err, m["max_risk_level"], "polb_config.max_risk_level", RISK_LEVELS)
+        risk = f.enum(err, m["max_risk_level"], "polb_config.max_risk_level", RISK_LEVELS)
     rollout = "random"
     if "rollout_strategy" in m:
-        rollout = _enum(err, m["rollout_strategy"], "polb_config.rollout_strategy", ROLLOUT_STRATEGIES)
+        rollout = f.enum(err, m["rollout_strategy"], "polb_config.rollout_strategy", ROLLOUT_STRATEGIES)
     share = split_bp
     if "max_population_share_bp" in m:
-        share = _int(err, m["max_population_share_bp"], "polb_config.max_population_share_bp",
+        share = f.integer(err, m["max_population_share_bp"], "polb_config.max_population_share_bp",
                      0, 10000, "basis points")
     guarded = True
     if "guarded_by_eth" in m:
-        guarded = _bool(err, m["guarded_by_eth"], "polb_config.guarded_by_eth")
+        guarded = f.boolean(err, m["guarded_by_eth"], "polb_config.guarded_by_eth")
     if None in (env, risk, rollout, share, guarded):
         return None
     return PoLBConfig(env, mode_name, risk, rollout, share, guarded)
 
 
-def _variants(err: _Errors, v: Any, variant_slug: str | None, control_slug: str | None,
+def _variants(err: f.Issues, v: Any, variant_slug: str | None, control_slug: str | None,
               split_bp: int | None, polb: PoLBConfig | None,
               defaults: list[str]) -> tuple[Variant, ...] | None:
     if v is None:
@@ -863,7 +607,7 @@ def _variants(err: _Errors, v: Any, variant_slug: str | None, control_slug: str 
     else:
         if not isinstance(v, Mapping):
             err.add("variants", f"must be a mapping of variant id -> {{slug, traffic_share_bp}}, "
-                                f"got {_describe(v)}")
+                                f"got {f.describe(v)}")
             return None
         if CONTROL not in v:
             err.add("variants", "must declare a 'control' variant")
@@ -878,7 +622,7 @@ def _variants(err: _Errors, v: Any, variant_slug: str | None, control_slug: str 
                 err.add(p, "variant id must match [a-z][a-z0-9_-]{0,63}")
                 ok = False
                 continue
-            m = _mapping(err, spec, p, ("slug", "policy", "traffic_share_bp"))
+            m = f.mapping(err, spec, p, ("slug", "policy", "traffic_share_bp"))
             if m is None:
                 ok = False
                 continue
@@ -889,7 +633,7 @@ def _variants(err: _Errors, v: Any, variant_slug: str | None, control_slug: str 
                 err.add(f"{p}.traffic_share_bp", msg)
                 ok = False
                 continue
-            share = _int(err, m["traffic_share_bp"], f"{p}.traffic_share_bp", 0, 10000, "basis points")
+            share = f.integer(err, m["traffic_share_bp"], f"{p}.traffic_share_bp", 0, 10000, "basis points")
             if vid == CONTROL:
                 default_slug = control_slug
             else:
@@ -899,10 +643,10 @@ def _variants(err: _Errors, v: Any, variant_slug: str | None, control_slug: str 
                 err.add(f"{p}.slug", "is required when several variants are declared")
                 ok = False
                 continue
-            slug = _str(err, slug, f"{p}.slug")
+            slug = f.text(err, slug, f"{p}.slug")
             policy = None
             if m.get("policy") is not None:
-                policy = _str(err, m["policy"], f"{p}.policy")
+                policy = f.text(err, m["policy"], f"{p}.policy")
             if vid == CONTROL and slug and control_slug and slug != control_slug:
                 err.add(f"{p}.slug", f"control slug {slug!r} differs from control_slug {control_slug!r}")
                 ok = False
@@ -924,7 +668,7 @@ def _variants(err: _Errors, v: Any, variant_slug: str | None, control_slug: str 
             return None
         treat = total - next(x.traffic_share_bp for x in items if x.is_control)
         if split_bp is not None and treat != split_bp:
-            # The spine's sample-ratio check uses traffic_split_pct: the two must agree.
+            # The sample-ratio check uses traffic_split_pct: the two must agree.
             err.add("variants", f"non-control traffic_share_bp sum {treat} differs from "
                                 f"traffic_split_pct {split_bp / 100:g} ({split_bp} bp); "
                                 f"set traffic_split_pct: {treat / 100:g}")
@@ -939,13 +683,13 @@ def _variants(err: _Errors, v: Any, variant_slug: str | None, control_slug: str 
     return out
 
 
-def _eth(err: _Errors, v: Any, defaults: list[str]) -> EthConstraints:
+def _eth(err: f.Issues, v: Any, defaults: list[str]) -> EthConstraints:
     if v is None:
         defaults.append("eth_constraints")
         return EthConstraints()
-    m = _mapping(err, v, "eth_constraints", ("forbid", "require")) or {}
+    m = f.mapping(err, v, "eth_constraints", ("forbid", "require")) or {}
     markets, principals, units, statements = set(), set(), set(), []
-    for i, item in enumerate(_str_list(err, m.get("forbid"), "eth_constraints.forbid")):
+    for i, item in enumerate(f.str_list(err, m.get("forbid"), "eth_constraints.forbid")):
         kind, _, rest = item.partition(":")
         target = {"market": markets, "principal": principals, "unit": units}.get(kind)
         if target is not None:
@@ -959,28 +703,28 @@ def _eth(err: _Errors, v: Any, defaults: list[str]) -> EthConstraints:
                     "principal:<id>, unit:<id> (anything else must be a plain statement)")
         else:
             statements.append(item)
-    require = _str_list(err, m.get("require"), "eth_constraints.require")
+    require = f.str_list(err, m.get("require"), "eth_constraints.require")
     return EthConstraints(frozenset(markets), frozenset(principals), frozenset(units),
                           tuple(statements), tuple(require))
 
 
-def _stop_rules(err: _Errors, v: Any, defaults: list[str]) -> StopRules:
+def _stop_rules(err: f.Issues, v: Any, defaults: list[str]) -> StopRules:
     if v is None:
         defaults.append("stop_rules")
         return StopRules()
-    m = _mapping(err, v, "stop_rules", ("min_duration_days", "max_duration_days", "early_stop_on",
+    m = f.mapping(err, v, "stop_rules", ("min_duration_days", "max_duration_days", "early_stop_on",
                                         "futility")) or {}
     lo = 0
     if m.get("min_duration_days") is not None:
-        lo = _int(err, m["min_duration_days"], "stop_rules.min_duration_days", 0, 3650, "days")
+        lo = f.integer(err, m["min_duration_days"], "stop_rules.min_duration_days", 0, 3650, "days")
     hi = None
     if m.get("max_duration_days") is not None:
-        hi = _int(err, m["max_duration_days"], "stop_rules.max_duration_days", 1, 3650, "days")
+        hi = f.integer(err, m["max_duration_days"], "stop_rules.max_duration_days", 1, 3650, "days")
     if lo is not None and hi is not None and lo > hi:
         err.add("stop_rules.max_duration_days", f"{hi} is below min_duration_days {lo}")
     early = frozenset(STOP_KINDS)
     if "early_stop_on" in m:
-        lst = _str_list(err, m["early_stop_on"], "stop_rules.early_stop_on")
+        lst = f.str_list(err, m["early_stop_on"], "stop_rules.early_stop_on")
         for i, k in enumerate(lst):
             if k not in STOP_KINDS:
                 err.add(f"stop_rules.early_stop_on[{i}]", f"unknown stop rule {k!r}; expected "
@@ -991,19 +735,19 @@ def _stop_rules(err: _Errors, v: Any, defaults: list[str]) -> StopRules:
                                                 "statistics and cannot be switched off (spec 13.3)")
     band = None
     power = None
-    f = _mapping(err, m.get("futility"), "stop_rules.futility",
+    futility = f.mapping(err, m.get("futility"), "stop_rules.futility",
                  ("no_effect_band", "min_conditional_power_bp")) or {}
-    if f.get("no_effect_band") is not None:
-        b = f["no_effect_band"]
+    if futility.get("no_effect_band") is not None:
+        b = futility["no_effect_band"]
         if isinstance(b, bool) or not isinstance(b, (int, float)):
-            err.add("stop_rules.futility.no_effect_band", f"must be a number, got {_describe(b)}")
+            err.add("stop_rules.futility.no_effect_band", f"must be a number, got {f.describe(b)}")
         else:
             band = Decimal(repr(b)) if isinstance(b, float) else Decimal(b)
             if not band.is_finite() or band <= 0 or band * cj.MICROS != (band * cj.MICROS).to_integral_value():
                 err.add("stop_rules.futility.no_effect_band",
                         f"must be > 0 with at most 6 decimal places, got {b}")
                 band = None
-    if f.get("min_conditional_power_bp") is not None:
-        power = _int(err, f["min_conditional_power_bp"], "stop_rules.futility.min_conditional_power_bp",
+    if futility.get("min_conditional_power_bp") is not None:
+        power = f.integer(err, futility["min_conditional_power_bp"], "stop_rules.futility.min_conditional_power_bp",
                      1, 10000, "basis points")
     return StopRules(lo if lo is not None else 0, hi, early, band, power)

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from experimenttracker_pipeline.model.numbers import to_json
+
 # ---------------------------------------------------------------------------
 # Sufficient statistics and result containers
 # ---------------------------------------------------------------------------
@@ -99,7 +101,7 @@ class Interval:
         return self.low > 0 or self.high < 0
 
     def to_dict(self) -> dict:
-        return {k: _json_float(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return to_json(asdict(self), sig=10)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class SRMResult:
     alpha: float
 
     def to_dict(self) -> dict:
-        return {k: _json_float(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return to_json(asdict(self), sig=10)
 
 
 @dataclass(frozen=True)
@@ -124,12 +126,6 @@ class WinsorizedStats:
     low_clip: float
     high_clip: float
     n_clipped: int
-
-
-def _json_float(x: float | None, sig: int = 10) -> float | None:
-    if x is None or not math.isfinite(x):
-        return None
-    return float(f"{x:.{sig}g}")
 
 
 def _check_alpha(alpha: float) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from experimenttracker_pipeline.model.declaration import ExperimentDeclaration
+from experimenttracker_pipeline.model.experiment import Experiment
 from experimenttracker_pipeline.settings import BOT_ID, normalise_db_url
 from experimenttracker_pipeline.stages.ingestion.validation import FILL_COLUMNS, Fill
 from experimenttracker_pipeline.stages.samples.pairing import (
@@ -183,12 +183,12 @@ class Store:
         with self.begin() as conn:
             return [dict(r) for r in conn.execute(sa.text(sql), {"s": status}).mappings()]
 
-    def register_experiment(self, decl: ExperimentDeclaration) -> str:
+    def register_experiment(self, experiment: Experiment) -> str:
         """Insert a new experiment. Returns 'new', 'unchanged' or 'conflict' (stored content differs)."""
-        row = decl.to_row()
+        row = experiment.to_row()
         with self.begin() as conn:
             existing = conn.execute(sa.text("SELECT declaration_sha256 FROM experiments WHERE experiment_id = :e"),
-                                    {"e": decl.experiment_id}).scalar()
+                                    {"e": experiment.experiment_id}).scalar()
             if existing is not None:
                 return "unchanged" if existing == row["declaration_sha256"] else "conflict"
             row["registered_at_ms"] = int(time.time() * 1000)

@@ -18,7 +18,7 @@ import yaml
 
 from experimenttracker_pipeline import cli
 from experimenttracker_pipeline.cli import governance as cli_governance
-from experimenttracker_pipeline.model.declaration import parse_declaration
+from experimenttracker_pipeline.model.experiment import parse_experiment
 from experimenttracker_pipeline.stages.governance import operations as gov
 from experimenttracker_pipeline.stages.governance.assignment import bucket_of
 from experimenttracker_pipeline.stages.governance.risk import UNAPPROVED
@@ -29,7 +29,7 @@ EXP = "exp_sports_v2"
 
 @pytest.fixture
 def online(store):
-    assert store.register_experiment(parse_declaration(yaml.safe_load(EXAMPLE_YAML), "experiments/exp.yaml")) == "new"
+    assert store.register_experiment(parse_experiment(yaml.safe_load(EXAMPLE_YAML), "experiments/exp.yaml")) == "new"
     return store
 
 

@@ -208,7 +208,7 @@ def test_srm_blocks_limited_live_verdict(store, workdirs):
     assert promotion.state == "blocked_by_governance"  # online and unapproved, besides the SRM block
 
 
-# ---- issue 6: goal surface, stop rules and governance in the verdict stage --------------------------------------
+# ---- goal surface, stop rules and governance in the verdict stage ----------------------------------------------
 def _pairs_with_slippage(store, workdirs, deltas, slippage_delta, exp_id="exp_g", **decl):
     (workdirs["experiments"] / f"{exp_id}.yaml").write_text(declaration(exp_id, **decl))
     sync = sync_declarations(store, workdirs["experiments"])

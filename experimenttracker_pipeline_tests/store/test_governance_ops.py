@@ -1,4 +1,4 @@
-"""Issue-6 governance over the store (both databases): recorded contracts, approvals pinned to a contract digest,
+"""Governance over the store (both databases): recorded contracts, approvals pinned to a contract digest,
 the EXPERIMENT_UNAPPROVED flag, the append-only assignment log, and the deterministic EvalTrace / persona views."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import sqlalchemy as sa
 import yaml
 
 import experimenttracker_pipeline.model.canonical as cj
-from experimenttracker_pipeline.model.contract import build_contract
-from experimenttracker_pipeline.model.declaration import parse_declaration
+from experimenttracker_pipeline.model.experiment import parse_experiment
 from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
 from experimenttracker_pipeline.stages.governance import operations as gov
 from experimenttracker_pipeline.stages.governance.assignment import bucket_of
@@ -25,9 +24,9 @@ EXP = "exp_sports_v2"  # EXAMPLE_YAML: limited_live, envelope online, medium ris
 
 
 def register(store, text: str, source: str = "experiments/exp.yaml"):
-    decl = parse_declaration(yaml.safe_load(text), source)
-    assert store.register_experiment(decl) == "new"
-    return decl
+    experiment = parse_experiment(yaml.safe_load(text), source)
+    assert store.register_experiment(experiment) == "new"
+    return experiment
 
 
 @pytest.fixture
@@ -46,9 +45,9 @@ def _rejects(store, sql: str, **params) -> None:
 
 # ---- contracts ---------------------------------------------------------------------------------------
 def test_contract_is_rebuilt_from_the_stored_declaration_and_recorded_once(online):
-    decl = parse_declaration(yaml.safe_load(EXAMPLE_YAML), "elsewhere.yaml")
+    experiment = parse_experiment(yaml.safe_load(EXAMPLE_YAML), "elsewhere.yaml")
     contract = gov.contract_for(online, EXP)
-    assert contract.digest == build_contract(decl).digest  # the file's contract, whatever the source path
+    assert contract.digest == experiment.contract.digest  # the file's contract, whatever the source path
     assert gov.record_contract(online, contract) is True
     assert gov.record_contract(online, contract) is False  # idempotent
     rows = online.contract_rows(EXP)
@@ -74,7 +73,7 @@ def test_approvals_of_an_old_contract_digest_do_not_count(online):
     # The declaration changed since these approvals were given: same experiment, other contract digest.
     old_raw = yaml.safe_load(EXAMPLE_YAML)
     old_raw["stop_rules"]["max_duration_days"] = 90
-    old = build_contract(parse_declaration(old_raw, "experiments/exp.yaml"))
+    old = parse_experiment(old_raw, "experiments/exp.yaml").contract
     current = gov.contract_for(online, EXP)
     assert old.digest != current.digest
     gov.record_contract(online, old)
@@ -125,7 +124,7 @@ def test_shadow_experiment_is_not_flagged(store):
     assert gov.flag_unapproved(store, "exp_shadow") is None
 
 
-def test_limited_live_spine_declaration_is_flagged(store):
+def test_limited_live_declaration_without_contract_sections_is_flagged(store):
     register(store, declaration("exp_ll", mode="limited_live"))
     assert gov.governance_status(store, "exp_ll").promotion_blocked
     assert gov.flag_unapproved(store, "exp_ll")["envelope_mode"] == "online"
@@ -223,7 +222,7 @@ def test_trace_exported_twice_gives_the_same_bytes_and_digest(online, tmp_path):
     assert first.digest == cj.digest_bytes((tmp_path / "a.json").read_bytes())
 
     data = first.data
-    latest = max(cj.parse_timestamp(gov._ts(v)) for v in online.governance_event_times(EXP).values() if v is not None)
+    latest = max(cj.parse_timestamp(cj.stored_timestamp(v)) for v in online.governance_event_times(EXP).values() if v is not None)
     assert cj.parse_timestamp(data["as_of"]["time"]) == latest and data["created_at"] == data["as_of"]["time"]
     assert data["bindings"]["experiment"] == {"id": EXP, "digest": gov.contract_for(online, EXP).digest}
     assert set(data["bindings"]) >= {"experiment", "eval_surface", "evaluation", "causal"}

@@ -139,7 +139,7 @@ _ID = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-:_", min_size=1, ma
     forbid_markets=st.sets(st.sampled_from(["m1", "m2", "m3", "m4"])),
     forbid_principals=st.sets(st.sampled_from(["fund:a", "fund:b", "desk:c"])),
     forbid_units=st.sets(_ID, max_size=5),
-    share=st.integers(min_value=0, max_value=10000),
+    share=st.integers(min_value=1, max_value=10000),  # traffic_split_pct must be in (0, 100]
 )
 def test_forbidden_unit_never_assigned_to_a_variant(units, forbid_markets, forbid_principals,
                                                     forbid_units, share):

@@ -1,5 +1,5 @@
-"""Experiment contracts: validation with precise messages, defaults for old declarations and
-stable digests (issue 6)."""
+"""Experiment contracts: validation with precise messages, defaults for declarations without contract
+sections, and stable digests."""
 
 from __future__ import annotations
 
@@ -11,18 +11,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import experimenttracker_pipeline.model.canonical as cj
-from experimenttracker_pipeline.model.contract import ContractError, build_contract
+from experimenttracker_pipeline.model.experiment import experiment_from_row, parse_experiment
+from experimenttracker_pipeline.model.fields import InvalidDeclaration
 
-from experimenttracker_pipeline_tests.contract_fixtures import declaration, example_raw, make_contract, old_raw
+from experimenttracker_pipeline_tests.contract_fixtures import EXAMPLE_YAML, example_raw, make_contract, old_raw
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def errors_of(raw, file="experiments/bad.yaml"):
-    with pytest.raises(ContractError) as ei:
-        build_contract(declaration(raw, file), raw)
+    with pytest.raises(InvalidDeclaration) as ei:
+        parse_experiment(raw, file)
     e = ei.value
     assert e.file == file and all(i.file == file for i in e.issues)
     return e
@@ -82,9 +84,9 @@ def test_full_example_parses():
     cj.canonical_json(canon)  # no float anywhere
 
 
-def test_works_from_raw_mapping_only():
-    raw = example_raw()
-    assert build_contract(None, raw).digest == make_contract(raw).digest
+def test_readme_example_digest_is_unchanged():
+    """Approvals stored in existing databases pin this digest: the canonical form must not drift."""
+    assert make_contract().digest == "sha256:e95e302fd9bbf70bfac2fa46839cfa64fd545c72bbe25b45b4037c2fc47befa8"
 
 
 # -- rejection with precise messages ------------------------------------------------------------
@@ -194,7 +196,7 @@ def test_all_errors_of_a_file_are_collected():
     assert e.paths == ["principal", "subject", "eval_surface.constraints.hard[0]",
                        "variants.treatment.traffic_share_bp", "stop_rules.early_stop_on"]
     text = str(e)
-    assert text.startswith("experiments/exp_sports_v2.yaml: invalid experiment contract (5 error(s))")
+    assert text.startswith("experiments/exp_sports_v2.yaml: invalid experiment declaration (5 error(s))")
     assert "  subject: 'the new model' is vague" in text
 
 
@@ -250,7 +252,7 @@ def test_digest_changes_with_meaning_but_not_with_source_file():
     raw["eval_surface"]["constraints"]["hard"][0] = "slippage_delta_bps <= 6"
     assert make_contract(raw).digest != c.digest
     assert make_contract(example_raw() | {"require_human_signoff": False}).digest != c.digest
-    moved = build_contract(declaration(example_raw(), "elsewhere/x.yaml"))
+    moved = make_contract(example_raw(), "elsewhere/x.yaml")
     assert moved.digest == c.digest and moved.source_file == "elsewhere/x.yaml"
     # equivalent spellings of the same threshold give the same contract
     raw2 = example_raw()
@@ -281,14 +283,28 @@ def test_contract_is_frozen_and_digest_is_canonical():
 def test_statistics_plan_is_pinned_by_the_digest():
     base = make_contract()
     assert base.to_canonical()["statistics_plan"]["ci_method"] == "always_valid"
-    changed = make_contract(example_raw() | {"ci_method": "fixed", "mde_bps": 2.5})
+    changed = make_contract(example_raw() | {"ci_method": "fixed_horizon", "planned_max_samples": 2000, "mde_bps": 2.5})
     assert changed.digest != base.digest
     assert changed.to_canonical()["statistics_plan"]["mde_bps_micros"] == 2_500_000
 
 
-def test_same_contract_from_the_spine_parser():
-    """When the spine's declaration parser is present, it feeds build_contract unchanged."""
-    spine = pytest.importorskip("experimenttracker_pipeline.model.declaration")
-    for raw in (example_raw(), old_raw(), old_raw(mode="limited_live")):
-        decl = spine.parse_declaration(copy.deepcopy(raw), "experiments/x.yaml")
-        assert build_contract(decl).digest == make_contract(raw).digest
+def test_stored_row_gives_the_same_experiment_once():
+    """A registered declaration read back from its ``experiments`` row is the same experiment (same contract
+    digest, plans and core fields), parsed once however many stages ask for it."""
+    for raw in (example_raw(), old_raw(), old_raw(mode="limited_live", ci_method="group_sequential",
+                                                      planned_looks=4, planned_max_samples=2000, mde_bps=1.5,
+                                                      instrument="router_draw", harm_margin_bps=0.5)):
+        parsed = parse_experiment(copy.deepcopy(raw), "experiments/x.yaml", default_caliper_seconds=30)
+        row = parsed.to_row()
+        stored = experiment_from_row(row)
+        assert stored == parsed and stored.contract.digest == parsed.contract.digest
+        assert stored.statistics == parsed.statistics and stored.causal == parsed.causal
+        assert stored.caliper_seconds == 30 and stored.declaration_sha256 == row["declaration_sha256"]
+        assert experiment_from_row(dict(row)) is stored
+
+
+def test_yaml_timestamps_and_strings_give_the_same_digest():
+    """YAML parses an unquoted timestamp into a datetime; the experiment and its digest do not change."""
+    unquoted = yaml.safe_load(EXAMPLE_YAML.replace("started_at: '2026-05-05T00:00:00Z'", "started_at: 2026-05-05T00:00:00Z"))
+    assert not isinstance(unquoted["started_at"], str)
+    assert make_contract(unquoted).digest == make_contract().digest

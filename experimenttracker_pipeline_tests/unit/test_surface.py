@@ -97,7 +97,7 @@ def test_insufficient_samples():
     assert v.verdict == "insufficient_samples" and INSUFFICIENT in v.reason_codes and not v.winner
 
 
-def test_spine_verdict_overrides_derived_statistics():
+def test_verdict_rule_overrides_derived_statistics():
     d = decide(make_contract(), GOOD, stat_verdicts={"treatment": "inconclusive"})
     assert d.winner is None and d.variant("treatment").verdict == "inconclusive"
 

@@ -7,10 +7,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from experimenttracker_pipeline.model.experiment import experiment_from_row
 from experimenttracker_pipeline.store import Store
 
 log = logging.getLogger(__name__)
-from experimenttracker_pipeline.stages.intervals.evaluation import declaration_of
 
 CAUSAL_SEED = 20260505  # fixed and recorded in every result, so re-running an evaluation reproduces it
 CAUSAL_INSUFFICIENT_DATA = "CAUSAL_INSUFFICIENT_DATA"
@@ -43,19 +43,20 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
     exp = store.get_experiment_row(experiment_id)
     if exp is None:
         raise KeyError(f"experiment {experiment_id!r} is not registered")
+    experiment = experiment_from_row(exp)
+    plan = experiment.causal
     samples = store.sample_count(experiment_id)
-    if exp["mode"] == "limited_live":
+    if experiment.mode == "limited_live":
         rows = store.experiment_fills(exp)
         frame, covariates = _covariate_frame(rows)
         arms_present = len(rows) >= MIN_CAUSAL_ROWS and 0 < sum(r["treatment"] for r in rows) < len(rows)
         if arms_present:
             frame["propensity"] = frame["propensity"].astype(float)
-            decl = declaration_of(exp)
-            instrument = decl.instrument if decl.instrument in covariates else None
-            if decl.instrument and instrument is None:
-                log.warning("%s: declared instrument %r is not a covariate of its fills", experiment_id, decl.instrument)
+            instrument = plan.instrument if plan.instrument in covariates else None
+            if plan.instrument and instrument is None:
+                log.warning("%s: declared instrument %r is not a covariate of its fills", experiment_id, plan.instrument)
             result = analyse_experiment(frame, [c for c in covariates if c != instrument], mode="limited_live",
-                                        seed=CAUSAL_SEED, harm_margin_bps=decl.harm_margin_bps,
+                                        seed=CAUSAL_SEED, harm_margin_bps=plan.harm_margin_bps,
                                         instrument=instrument).to_dict()
         fills = len(rows)
     else:
@@ -65,7 +66,7 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
         if arms_present:
             frame = frame.rename(columns={"edge_delta_bps": "paired_delta_bps"})
             result = analyse_experiment(frame, covariates, mode="shadow_only", paired_deltas=frame["paired_delta_bps"].to_numpy(),
-                                        seed=CAUSAL_SEED, harm_margin_bps=declaration_of(exp).harm_margin_bps).to_dict()
+                                        seed=CAUSAL_SEED, harm_margin_bps=plan.harm_margin_bps).to_dict()
         fills = 2 * len(rows)
     if not arms_present:
         result = {"warnings": [CAUSAL_INSUFFICIENT_DATA], "n": len(rows), "harmed_segments": [], "segments": [],

@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+from experimenttracker_pipeline.model.experiment import experiment_from_row
 from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
 from experimenttracker_pipeline.stages.drift.registry import (
     RegistryUnavailable,
@@ -35,10 +36,11 @@ def signal_drift(store: Store, experiment_id: str, registry: StrategyRegistry) -
     latest = store.latest_row("experiment_verdicts", experiment_id)
     signalled = False
     if exp is not None and latest is not None and latest["drift"]:
+        experiment = experiment_from_row(exp)
         final = json.loads(latest["verdict_json"])
         payload = {
-            "signal_type": DRIFT_SIGNAL, "experiment_id": experiment_id, "variant_slug": exp["variant_slug"],
-            "control_slug": exp["control_slug"], "verdict": final["verdict"], "samples": final["samples"],
+            "signal_type": DRIFT_SIGNAL, "experiment_id": experiment_id, "variant_slug": experiment.variant_slug,
+            "control_slug": experiment.control_slug, "verdict": final["verdict"], "samples": final["samples"],
             "edge_delta_bps": final["edge_delta_bps"], "ci_95_low": final["ci_95_low"], "ci_95_high": final["ci_95_high"],
             "drift_z": final.get("drift_z"), "drift_bound": final.get("drift_bound"), "drift_rule": final.get("drift_rule"),
             "basis": final["basis"], "evidence_verdict_id": latest["id"],
@@ -47,7 +49,7 @@ def signal_drift(store: Store, experiment_id: str, registry: StrategyRegistry) -
         payload["idempotency_key"] = key
         with store.begin() as conn:
             signalled = store.insert_signal(conn, {
-                "idempotency_key": key, "experiment_id": experiment_id, "variant_slug": exp["variant_slug"],
+                "idempotency_key": key, "experiment_id": experiment_id, "variant_slug": experiment.variant_slug,
                 "signal_type": DRIFT_SIGNAL, "verdict_id": latest["id"], "payload_json": json.dumps(payload, sort_keys=True, default=str)})
             if signalled:
                 store.emit_report(conn, event_type=EXPERIMENT_DRIFT_SIGNAL, severity="WARN",

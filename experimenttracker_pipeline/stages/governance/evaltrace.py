@@ -70,7 +70,7 @@ def build_eval_trace(
 
     ``outcomes``: ``{variant_id: {metric: {estimate, ci_95_low, ci_95_high, n}}}`` (or metric-keyed
     for one treatment); the surface ``decision`` is computed from it when not given.
-    ``verdict``: the spine's EXPERIMENT_RESULT fields. ``assignments``: a summary from
+    ``verdict``: the EXPERIMENT_RESULT fields of the latest verdict. ``assignments``: a summary from
     :func:`.assignment.summarize`. ``bindings``: extra ``{name: {id, digest}}`` pins.
     ``as_of`` is the time of the evidence (e.g. the last sample); ``created_at`` defaults to it.
     """
@@ -160,10 +160,6 @@ def _load(trace: EvalTrace | Mapping[str, Any] | bytes | str) -> tuple[dict[str,
     return dict(trace), cj.digest(trace)
 
 
-def _num(micros: int | None) -> float | None:
-    return None if micros is None else micros / cj.MICROS
-
-
 def _fmt(x: float | None, metric: str, signed: bool = True) -> str:
     if x is None:
         return "n/a"
@@ -209,7 +205,7 @@ def _trader(data: Mapping[str, Any], _digest: str) -> str:
                      "no_data": "has no data yet"}[h["status"]]
             lines.append(f"- Safety limit {state}: {what}.")
         for m, ci in sorted(data["outcomes"]["metrics"].get(vid, {}).items()):
-            est, lo, hi = (_num(ci[k]) for k in ("estimate_micros", "ci_95_low_micros", "ci_95_high_micros"))
+            est, lo, hi = (cj.from_micros(ci[k]) for k in ("estimate_micros", "ci_95_low_micros", "ci_95_high_micros"))
             if m == "fill_size_ratio":
                 lines.append(f"- Fill size: {est:.2f}x the current strategy's (95% range {lo:.2f}x "
                              f"to {hi:.2f}x), from {ci['n']} paired fills.")
@@ -249,9 +245,9 @@ def _risk(data: Mapping[str, Any], _digest: str) -> str:
             for h in v["hard_constraints"]:
                 metric = next(x["metric"] for x in hard if x["expr"] == h["expr"])
                 ci = mets.get(metric)
-                est = _fmt(_num(ci["estimate_micros"]), metric) if ci else "n/a"
-                rng = (f"[{_fmt(_num(ci['ci_95_low_micros']), metric)}, "
-                       f"{_fmt(_num(ci['ci_95_high_micros']), metric)}]") if ci else "n/a"
+                est = _fmt(cj.from_micros(ci["estimate_micros"]), metric) if ci else "n/a"
+                rng = (f"[{_fmt(cj.from_micros(ci['ci_95_low_micros']), metric)}, "
+                       f"{_fmt(cj.from_micros(ci['ci_95_high_micros']), metric)}]") if ci else "n/a"
                 out.append(f"| {v['variant']} | `{h['expr']}` | {h['status']} | {est} | {rng} |")
     soft = [(v["variant"], s) for v in (surface or {}).get("variants", []) for s in v["soft_constraints"]]
     if soft:

@@ -1,12 +1,14 @@
-"""Issue-6 governance over the store: contracts, approvals, assignment log, EvalTrace and persona views.
+"""Governance over the store: contracts, approvals, assignment log, EvalTrace and persona views.
 
 Plain functions over a :class:`~experimenttracker_pipeline.store.Store` (no Dagster); the Dagster assets and the
-CLI (`cli_governance.py`) call them. The domain logic lives in ``lib/`` (contract, governance, assignment,
-evaltrace); this module only gathers its inputs from the tables and writes its records back.
+CLI (``cli/governance.py``) call them. The domain logic lives in ``model.contract`` and in this stage's
+``risk``, ``assignment`` and ``evaltrace`` modules; this module only gathers their inputs from the tables and
+writes their records back.
 
-* The contract of an experiment is rebuilt from the stored declaration (``experiments.declaration_json``), so it
-  is exactly the contract the declaration file describes; ``record_contract`` keeps each distinct contract
-  (canonical JSON + digest) in ``experiment_contracts``.
+* The contract of an experiment is that of its stored declaration (``experiments.declaration_json``, read into
+  the typed experiment by ``model.experiment_from_row``), so it is exactly the contract the declaration file
+  describes; ``record_contract`` keeps each distinct contract (canonical JSON + digest) in
+  ``experiment_contracts``.
 * Approvals are append-only and pin the digest of the contract current when they were given; only approvals of
   the current digest count (``governance_status``).
 * ``flag_unapproved`` emits ``EXPERIMENT_UNAPPROVED`` once per contract digest for an online/degraded
@@ -19,20 +21,16 @@ evaltrace); this module only gathers its inputs from the tables and writes its r
 from __future__ import annotations
 
 import json
-import math
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 
 import experimenttracker_pipeline.model.canonical as cj
-from experimenttracker_pipeline.model.contract import (
-    METRICS,
-    ExperimentContract,
-    build_contract,
-)
-from experimenttracker_pipeline.model.declaration import parse_declaration
+from experimenttracker_pipeline.model.contract import METRICS, ExperimentContract
+from experimenttracker_pipeline.model.experiment import experiment_from_row
+from experimenttracker_pipeline.model.numbers import finite_number
 from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
 from experimenttracker_pipeline.stages.governance.assignment import (
     REASON_ETH_FORCED_CONTROL,
@@ -96,18 +94,12 @@ def _experiment_row(store: Store, experiment_id: str) -> dict[str, Any]:
     return row
 
 
-def _contract_from_row(row: Mapping[str, Any]) -> ExperimentContract:
-    raw = json.loads(row["declaration_json"])
-    decl = parse_declaration(raw, row["source_file"], default_caliper_seconds=float(row["caliper_seconds"]))
-    return build_contract(decl)
-
-
 def contract_for(store: Store, experiment_id: str) -> ExperimentContract:
-    """The current contract of ``experiment_id``, rebuilt from its stored declaration.
+    """The current contract of ``experiment_id``: that of its stored declaration.
 
-    Raises :class:`UnknownExperimentError`, or ``lib.contract.ContractError`` naming every invalid field.
+    Raises :class:`UnknownExperimentError`, or ``model.InvalidDeclaration`` naming every invalid field.
     """
-    return _contract_from_row(_experiment_row(store, experiment_id))
+    return experiment_from_row(_experiment_row(store, experiment_id)).contract
 
 
 def record_contract(store: Store, contract: ExperimentContract) -> bool:
@@ -134,7 +126,7 @@ def _clean_text(value: Any, what: str, max_length: int) -> str:
 
 def _approval_records(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"approver": r["approver"], "role": r["role"], "contract_digest": r["contract_digest"],
-             "approved_at": _ts(r["approved_at"]), "experiment_id": r["experiment_id"]} for r in rows]
+             "approved_at": cj.stored_timestamp(r["approved_at"]), "experiment_id": r["experiment_id"]} for r in rows]
 
 
 def approvals_for(store: Store, experiment_id: str) -> list[Approval]:
@@ -178,14 +170,15 @@ def unapproved_dedupe_key(experiment_id: str, contract_digest: str) -> str:
     return f"{UNAPPROVED}:{experiment_id}:{contract_digest}"
 
 
-def flag_unapproved(store: Store, experiment_id: str) -> dict[str, Any] | None:
+def flag_unapproved(store: Store, experiment_id: str, *, contract: ExperimentContract | None = None,
+                    status: GovernanceStatus | None = None) -> dict[str, Any] | None:
     """Emit ``EXPERIMENT_UNAPPROVED`` (severity WARN, the alert) once per contract digest when an online/degraded
     experiment lacks the approvals its risk level requires. Returns the emitted report, or None when the
     experiment is approved, not online, or was already flagged for this digest. Samples keep being recorded;
-    the flag only blocks promotion."""
-    contract = contract_for(store, experiment_id)
+    the flag only blocks promotion. A caller that already holds the contract and its status passes them."""
+    contract = contract or contract_for(store, experiment_id)
     record_contract(store, contract)
-    status = governance_status(store, experiment_id, contract)
+    status = status or governance_status(store, experiment_id, contract)
     if UNAPPROVED not in status.flags:
         return None
     missing = ", ".join(status.missing_roles)
@@ -223,34 +216,6 @@ def assign_units(store: Store, experiment_id: str, unit_ids: Sequence[str], mark
 
 
 # ---- EvalTrace -------------------------------------------------------------------------------------
-def _ts(value: Any) -> str | None:
-    """A stored time (PostgreSQL datetime, SQLite ISO text, epoch ms) as the canonical UTC timestamp string."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return cj.format_timestamp(value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return cj.format_timestamp(datetime.fromtimestamp(value / 1000, tz=timezone.utc))
-    text = str(value).strip()
-    try:
-        return cj.format_timestamp(cj.parse_timestamp(text))
-    except cj.CanonicalizationError:
-        # SQLite text written without an offset is UTC by construction (strftime).
-        return cj.format_timestamp(cj.parse_timestamp(text.replace(" ", "T") + "Z"))
-
-
-def _num(value: Any) -> float | int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _loads(text: Any) -> dict[str, Any]:
     if not text:
         return {}
@@ -269,10 +234,10 @@ def _text_binding(table: str, row_id: Any, text: str) -> dict[str, str]:
 def _ci(value: Any, default_n: int | None) -> dict[str, Any] | None:
     if not isinstance(value, Mapping):
         return None
-    est, lo, hi = (_num(value.get(k)) for k in ("estimate", "ci_95_low", "ci_95_high"))
+    est, lo, hi = (finite_number(value.get(k)) for k in ("estimate", "ci_95_low", "ci_95_high"))
     if est is None or lo is None or hi is None:
         return None
-    n = _num(value.get("n"))
+    n = finite_number(value.get("n"))
     return {"estimate": est, "ci_95_low": lo, "ci_95_high": hi,
             "n": int(n) if n is not None else int(default_n or 0)}
 
@@ -307,7 +272,7 @@ def _outcomes(contract: ExperimentContract, verdict_row: Mapping[str, Any] | Non
         if row is None:
             continue
         doc = _loads(row.get(key))
-        n = _num(row.get("samples"))
+        n = finite_number(row.get("samples"))
         if not stat_verdicts and isinstance(doc.get("stat_verdicts"), Mapping):
             stat_verdicts = {k: v for k, v in doc["stat_verdicts"].items() if k in treatments and isinstance(v, str)}
         if per_variant:
@@ -335,19 +300,19 @@ def _verdict_section(verdict_row: Mapping[str, Any] | None, evaluation_row: Mapp
         out: dict[str, Any] = {
             "source": "experiment_verdicts", "id": int(verdict_row["id"]), "verdict": verdict_row["verdict"],
             "basis": verdict_row.get("basis"), "samples": int(verdict_row["samples"]),
-            "edge_delta_bps": _num(verdict_row.get("edge_delta_bps")), "ci_95_low": _num(verdict_row.get("ci_95_low")),
-            "ci_95_high": _num(verdict_row.get("ci_95_high")), "drift": bool(verdict_row.get("drift")),
-            "report_id": verdict_row.get("report_id"), "recorded_at": _ts(verdict_row.get("created_at")),
+            "edge_delta_bps": finite_number(verdict_row.get("edge_delta_bps")), "ci_95_low": finite_number(verdict_row.get("ci_95_low")),
+            "ci_95_high": finite_number(verdict_row.get("ci_95_high")), "drift": bool(verdict_row.get("drift")),
+            "report_id": verdict_row.get("report_id"), "recorded_at": cj.stored_timestamp(verdict_row.get("created_at")),
         }
     elif evaluation_row is not None:
         doc = _loads(evaluation_row.get("evaluation_json"))
         out = {
             "source": "experiment_evaluations", "id": int(evaluation_row["id"]), "verdict": evaluation_row["verdict"],
             "ci_method": evaluation_row.get("ci_method"), "samples": int(evaluation_row["samples"]),
-            "edge_delta_bps": _num(evaluation_row.get("edge_delta_bps")),
-            "ci_95_low": _num(evaluation_row.get("ci_95_low")), "ci_95_high": _num(evaluation_row.get("ci_95_high")),
-            "p_value": _num(evaluation_row.get("p_value")), "power": _num(evaluation_row.get("power")),
-            "drift": bool(evaluation_row.get("drift_signalled")), "recorded_at": _ts(evaluation_row.get("evaluated_at")),
+            "edge_delta_bps": finite_number(evaluation_row.get("edge_delta_bps")),
+            "ci_95_low": finite_number(evaluation_row.get("ci_95_low")), "ci_95_high": finite_number(evaluation_row.get("ci_95_high")),
+            "p_value": finite_number(evaluation_row.get("p_value")), "power": finite_number(evaluation_row.get("power")),
+            "drift": bool(evaluation_row.get("drift_signalled")), "recorded_at": cj.stored_timestamp(evaluation_row.get("evaluated_at")),
         }
     else:
         return None
@@ -373,9 +338,9 @@ def _harmed_segments(causal_row: Mapping[str, Any] | None) -> list[dict[str, Any
         seg = segments.get(label, {})
         rec: dict[str, Any] = {"segment": label}
         if seg:
-            rec.update(covariate=str(seg.get("covariate")), value=str(seg.get("value")), n=_num(seg.get("n")),
-                       estimate_bps=_num(seg.get("estimate_bps")), ci_95_low=_num(seg.get("ci_95_low")),
-                       ci_95_high=_num(seg.get("ci_95_high")))
+            rec.update(covariate=str(seg.get("covariate")), value=str(seg.get("value")), n=finite_number(seg.get("n")),
+                       estimate_bps=finite_number(seg.get("estimate_bps")), ci_95_low=finite_number(seg.get("ci_95_low")),
+                       ci_95_high=finite_number(seg.get("ci_95_high")))
         out.append(rec)
     return out
 
@@ -424,13 +389,13 @@ def _stop_rules_fired(store: Store, experiment_id: str) -> list[dict[str, Any]]:
         out.append({"rule": doc.get("rule"), "reason_code": r["event_type"], "action": doc.get("action", "stop"),
                     "message": doc.get("message") if isinstance(doc.get("message"), str) else "",
                     "detail": [str(d) for d in detail] if isinstance(detail, list) else [],
-                    "report_id": r["report_id"], "at": _ts(r["created_at"])})
+                    "report_id": r["report_id"], "at": cj.stored_timestamp(r["created_at"])})
     return out
 
 
 def _latest_time(contract: ExperimentContract, times: Mapping[str, Any]) -> str:
     stamps = [cj.format_timestamp(contract.started_at)]
-    stamps += [_ts(v) for v in times.values() if v is not None]
+    stamps += [cj.stored_timestamp(v) for v in times.values() if v is not None]
     # Canonical UTC strings of equal shape sort as times once the fraction is normalised.
     return max(stamps, key=lambda s: cj.parse_timestamp(s))
 
@@ -443,7 +408,7 @@ def build_trace(store: Store, experiment_id: str, *, created_at: datetime | str 
     defaults to it.
     """
     row = _experiment_row(store, experiment_id)
-    contract = _contract_from_row(row)
+    contract = experiment_from_row(row).contract
     plan = AssignmentPlan.from_contract(contract)
     as_of = _latest_time(contract, store.governance_event_times(experiment_id))
 
@@ -471,16 +436,16 @@ def build_trace(store: Store, experiment_id: str, *, created_at: datetime | str 
         "max_population_share_bp": contract.polb_config.max_population_share_bp}]
     for c in store.contract_rows(experiment_id):
         polb = _loads(c["contract_json"]).get("polb_config") or {}
-        history.append({"at": _ts(c["recorded_at"]), "event": "contract_recorded", "contract_digest": c["contract_digest"],
+        history.append({"at": cj.stored_timestamp(c["recorded_at"]), "event": "contract_recorded", "contract_digest": c["contract_digest"],
                         "risk_level": c["risk_level"], "envelope_mode": polb.get("envelope_mode"),
                         "current": c["contract_digest"] == contract.digest})
     for p in store.promotion_rows(experiment_id):
-        history.append({"at": _ts(p["promoted_at"]), "event": "promoted", "variant_slug": p["variant_slug"],
+        history.append({"at": cj.stored_timestamp(p["promoted_at"]), "event": "promoted", "variant_slug": p["variant_slug"],
                         "verdict": p["verdict"], "report_id": p["report_id"]})
     history.append({"at": as_of, "event": "status", "status": row["status"]})
 
     signoffs = [{"approver": s["approver"], "verdict": s["verdict"], "report_id": s["report_id"], "note": s["note"],
-                 "signed_at": _ts(s["signed_at"])} for s in store.signoff_rows(experiment_id)]
+                 "signed_at": cj.stored_timestamp(s["signed_at"])} for s in store.signoff_rows(experiment_id)]
     head_n = int(head["sample_n"]) if head is not None else 0
     return build_eval_trace(
         contract, as_of=as_of, created_at=created_at, outcomes=outcomes or None,

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import experimenttracker_pipeline.stats as st
-from experimenttracker_pipeline.model.declaration import (
-    ExperimentDeclaration,
-    parse_declaration,
-)
+from experimenttracker_pipeline.model.experiment import experiment_from_row
+from experimenttracker_pipeline.stages.verdict.assembly import policy_of
 from experimenttracker_pipeline.stages.verdict.rule import (
     EvaluationPolicy,
     evaluate,
@@ -23,21 +20,6 @@ log = logging.getLogger(__name__)
 
 
 MS_PER_DAY = 86_400_000
-
-def declaration_of(exp: Mapping[str, Any]) -> ExperimentDeclaration:
-    """The stored declaration of an experiment row, re-validated (its defaults applied)."""
-    return parse_declaration(json.loads(exp["declaration_json"]), exp["source_file"],
-                             default_caliper_seconds=float(exp["caliper_seconds"]))
-
-
-def policy_of(decl: ExperimentDeclaration) -> EvaluationPolicy:
-    return EvaluationPolicy(
-        min_samples_for_decision=decl.min_samples_for_decision, ci_method=decl.ci_method,
-        expected_samples=decl.expected_samples, planned_looks=decl.planned_looks,
-        planned_max_samples=decl.planned_max_samples, mde_bps=decl.mde_bps, expected_sd_bps=decl.expected_sd_bps,
-        mode=decl.mode, traffic_split_pct=decl.traffic_split_pct,
-        winsorize_pct=decl.winsorize_pct)
-
 
 def _metric_interval(stats: st.SufficientStats, policy: EvaluationPolicy) -> dict[str, Any]:
     """The per-metric CI the goal surface judges guardrails on: the same always-valid footing as the verdict."""
@@ -63,23 +45,24 @@ def compute_intervals(store: Store, experiment_id: str) -> IntervalsResult:
     exp = store.get_experiment_row(experiment_id)
     if exp is None:
         raise KeyError(f"experiment {experiment_id!r} is not registered")
-    decl = declaration_of(exp)
-    policy = policy_of(decl)
+    experiment = experiment_from_row(exp)
+    policy = policy_of(experiment)
     metric_sums = store.metric_stats(experiment_id)
     edge = st.SufficientStats(*metric_sums["edge_delta_bps"])
     winsorized = None
-    if decl.winsorize_pct:
-        w = store.winsorized_delta_stats(experiment_id, decl.winsorize_pct)
+    if experiment.statistics.winsorize_pct:
+        w = store.winsorized_delta_stats(experiment_id, experiment.statistics.winsorize_pct)
         if w is not None:
             winsorized = st.SufficientStats(w["n"], w["total"], w["total_sq"])
     variant_count = control_count = None
-    if decl.mode == "limited_live":
+    if experiment.mode == "limited_live":
         variant_count, control_count = store.arm_fill_counts(exp)
     # Pairing keeps MAX(recorded_at_ms) in experiment_pairing_state: no scan of the samples for it.
     last_ms = (store.pairing_states_for(experiment_id) or {}).get("last_sample_at_ms")
     samples_per_day = None
-    if last_ms is not None and edge.n and last_ms > exp["started_at_ms"]:
-        samples_per_day = edge.n / ((last_ms - exp["started_at_ms"]) / MS_PER_DAY)
+    started_ms = experiment.started_at_ms
+    if last_ms is not None and edge.n and last_ms > started_ms:
+        samples_per_day = edge.n / ((last_ms - started_ms) / MS_PER_DAY)
     evaluation = evaluate(edge, policy, look_sample_counts=store.look_sample_counts(experiment_id),
                           variant_count=variant_count, control_count=control_count,
                           samples_per_day=samples_per_day, winsorized_stats=winsorized).to_dict()

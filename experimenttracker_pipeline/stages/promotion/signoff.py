@@ -7,15 +7,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from experimenttracker_pipeline.model.experiment import experiment_from_row
 from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
 from experimenttracker_pipeline.stages.promotion.gate import (
     audit_promotions,
     promotion_decision,
 )
+from experimenttracker_pipeline.stages.verdict.assembly import EXPERIMENT_RESULT
 from experimenttracker_pipeline.store import Store
 
 log = logging.getLogger(__name__)
-from experimenttracker_pipeline.stages.verdict.combine import EXPERIMENT_RESULT
 
 EXPERIMENT_PROMOTED = "EXPERIMENT_PROMOTED"
 
@@ -47,10 +48,11 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
         missing = ", ".join(governance.get("missing_roles") or []) or "risk above the PoLB maximum"
         return PromotionResult(experiment_id, "blocked_by_governance", "EXPERIMENT_UNAPPROVED",
                                f"contract {governance.get('contract_digest')} lacks approvals: {missing}", False)
+    experiment = experiment_from_row(exp)
     signoffs = store.signoffs(experiment_id)
     decision = promotion_decision(
-        auto_promote_on_winning=bool(exp["auto_promote_on_winning"]), require_human_signoff=bool(exp["require_human_signoff"]),
-        traffic_split_pct=float(exp["traffic_split_pct"]), verdict=report.get("verdict"), verdict_report_id=report_id,
+        auto_promote_on_winning=experiment.auto_promote_on_winning, require_human_signoff=experiment.require_human_signoff,
+        traffic_split_pct=experiment.traffic_split_pct, verdict=report.get("verdict"), verdict_report_id=report_id,
         signoffs=[{**s, "signed_at": str(s["signed_at"])} for s in signoffs], experiment_id=experiment_id)
     if not decision.promote:
         state = "awaiting_signoff" if decision.reason_code.endswith("AWAITING_SIGNOFF") else "not_promotable"
@@ -61,12 +63,12 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
                        and s["approver"] == decision.signoff.approver), None)
     with store.begin() as conn:
         promoted = store.insert_promotion(conn, {"experiment_id": experiment_id, "report_id": report_id,
-                                                 "variant_slug": exp["variant_slug"], "verdict": report["verdict"],
+                                                 "variant_slug": experiment.variant_slug, "verdict": report["verdict"],
                                                  "signoff_id": signoff_id})
         if promoted:
             store.emit_report(conn, event_type=EXPERIMENT_PROMOTED, severity="INFO", dedupe_key=f"{EXPERIMENT_PROMOTED}:{report_id}",
                               experiment_id=experiment_id, topic=OPERATIONS_TOPIC,
-                              payload={"experiment_id": experiment_id, "variant_slug": exp["variant_slug"],
+                              payload={"experiment_id": experiment_id, "variant_slug": experiment.variant_slug,
                                        "verdict_report_id": report_id, "reason_code": decision.reason_code,
                                        "detail": decision.detail})
     return PromotionResult(experiment_id, "promoted", decision.reason_code, decision.detail, promoted)

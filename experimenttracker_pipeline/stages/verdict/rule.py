@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Mapping, Sequence
 
 import experimenttracker_pipeline.stats as st
+from experimenttracker_pipeline.model.numbers import to_json
 from experimenttracker_pipeline.stats import Interval, SufficientStats
 
 __all__ = [
@@ -219,29 +220,7 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         """JSON-safe dict: floats rounded to 6 significant digits, NaN/inf -> None."""
-        return _json_safe(asdict(self))
-
-
-def _round(x: float, sig: int = 6) -> float | None:
-    if x is None or not math.isfinite(x):
-        return None
-    return float(f"{x:.{sig}g}")
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, int):
-        return obj
-    if isinstance(obj, float):
-        return _round(obj)
-    if hasattr(obj, "item") and not isinstance(obj, (list, tuple, dict)):  # numpy scalar
-        return _json_safe(obj.item())
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+        return to_json(asdict(self))
 
 
 def _decide(ci: Interval) -> str:

@@ -248,7 +248,7 @@ def decide(contract: ExperimentContract, outcomes: Mapping[str, Any], *,
 
     ``outcomes``: ``{variant_id: {metric: CI}}``, or ``{metric: CI}`` when the contract has one
     treatment. ``stat_verdicts`` optionally overrides the per-variant statistical verdict (e.g.
-    the spine's verdict from its chosen CI method); otherwise it is derived from the primary
+    the verdict rule's verdict from its chosen CI method); otherwise it is derived from the primary
     objectives' CIs and ``min_samples_for_decision``.
     """
     per_variant = _normalise_outcomes(contract, outcomes)
@@ -327,7 +327,7 @@ class FiredRule:
     detail: tuple[str, ...] = ()
 
     def to_report(self, experiment_id: str) -> dict[str, Any]:
-        """Fields for an OperationsReport (the spine adds report_id, bot_id, topic)."""
+        """Fields for an OperationsReport (the report outbox adds report_id, bot_id, topic)."""
         return {"event_type": self.reason_code, "experiment_id": experiment_id, "rule": self.rule,
                 "action": self.action, "message": self.message, "detail": list(self.detail)}
 
