@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, Mapping, Sequence
@@ -476,7 +476,7 @@ def _eval_surface(err: f.Issues, v: Any, experiment_id: str) -> EvalSurface | No
             expr = m.get("expr") if m is not None else None
             if m is not None and "penalty_weight_bp" in m:
                 penalty = f.integer(err, m["penalty_weight_bp"], f"{p}.penalty_weight_bp", 1, 10_000_000,
-                               "basis points")
+                                    "basis points")
             if m is not None and "expr" not in m:
                 err.add(f"{p}.expr", "is required")
                 continue
@@ -494,7 +494,7 @@ def _eval_surface(err: f.Issues, v: Any, experiment_id: str) -> EvalSurface | No
             soft.append(SoftConstraint(c, penalty))
 
     sc = f.mapping(err, es.get("scope"), "eval_surface.scope",
-                  ("domain", "population", "vulnerable_populations")) or {}
+                   ("domain", "population", "vulnerable_populations")) or {}
     domain = DEFAULT_DOMAIN
     if sc.get("domain") is not None:
         domain = (f.text(err, sc["domain"], "eval_surface.scope.domain") or DEFAULT_DOMAIN).lower()
@@ -564,8 +564,8 @@ def _polb(err: f.Issues, v: Any, mode: str | None, split_bp: int | None,
     if v is None:
         defaults.append("polb_config")
     m = f.mapping(err, v, "polb_config", ("envelope_mode", "mode_name", "max_risk_level",
-                                         "rollout_strategy", "max_population_share_bp",
-                                         "guarded_by_eth"))
+                                          "rollout_strategy", "max_population_share_bp",
+                                          "guarded_by_eth"))
     if m is None:
         return None
     env = MODE_DEFAULT_ENVELOPE.get(mode or "")
@@ -587,7 +587,7 @@ def _polb(err: f.Issues, v: Any, mode: str | None, split_bp: int | None,
     share = split_bp
     if "max_population_share_bp" in m:
         share = f.integer(err, m["max_population_share_bp"], "polb_config.max_population_share_bp",
-                     0, 10000, "basis points")
+                          0, 10000, "basis points")
     guarded = True
     if "guarded_by_eth" in m:
         guarded = f.boolean(err, m["guarded_by_eth"], "polb_config.guarded_by_eth")
@@ -713,7 +713,7 @@ def _stop_rules(err: f.Issues, v: Any, defaults: list[str]) -> StopRules:
         defaults.append("stop_rules")
         return StopRules()
     m = f.mapping(err, v, "stop_rules", ("min_duration_days", "max_duration_days", "early_stop_on",
-                                        "futility")) or {}
+                                         "futility")) or {}
     lo = 0
     if m.get("min_duration_days") is not None:
         lo = f.integer(err, m["min_duration_days"], "stop_rules.min_duration_days", 0, 3650, "days")
@@ -736,7 +736,7 @@ def _stop_rules(err: f.Issues, v: Any, defaults: list[str]) -> StopRules:
     band = None
     power = None
     futility = f.mapping(err, m.get("futility"), "stop_rules.futility",
-                 ("no_effect_band", "min_conditional_power_bp")) or {}
+                         ("no_effect_band", "min_conditional_power_bp")) or {}
     if futility.get("no_effect_band") is not None:
         b = futility["no_effect_band"]
         if isinstance(b, bool) or not isinstance(b, (int, float)):
@@ -749,5 +749,5 @@ def _stop_rules(err: f.Issues, v: Any, defaults: list[str]) -> StopRules:
                 band = None
     if futility.get("min_conditional_power_bp") is not None:
         power = f.integer(err, futility["min_conditional_power_bp"], "stop_rules.futility.min_conditional_power_bp",
-                     1, 10000, "basis points")
+                          1, 10000, "basis points")
     return StopRules(lo if lo is not None else 0, hi, early, band, power)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import experimenttracker_pipeline.stats as st
 from experimenttracker_pipeline.model.experiment import experiment_from_row
