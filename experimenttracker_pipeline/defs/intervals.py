@@ -77,6 +77,8 @@ def confidence_intervals(context: dg.AssetExecutionContext, store: ExperimentSto
             "p_value": number_or_null(e["p_value"]), "fixed_p_value": number_or_null(e["fixed_p_value"]), "power": number_or_null(e.get("power")),
             "ci_method": e["ci_method"], "evaluation_id": result.evaluation_id, "intervals": dg.MetadataValue.md(table),
             "metrics": dg.MetadataValue.json(e["metrics"]),
+            "chance_to_beat_control": number_or_null((e.get("bayesian") or {}).get("chance_to_beat_control")),
+            "variance_reduction": number_or_null((e.get("regression_adjustment") or {}).get("variance_reduction")),
         }
 
     return for_each_experiment(context, lambda experiment_id: compute_intervals(db, experiment_id), metadata,

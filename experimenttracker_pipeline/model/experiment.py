@@ -29,7 +29,13 @@ from experimenttracker_pipeline.model.contract import (
     build_contract,
 )
 from experimenttracker_pipeline.model.numbers import to_json
-from experimenttracker_pipeline.model.plans import CausalPlan, StatisticsPlan, causal_plan, statistics_plan
+from experimenttracker_pipeline.model.plans import (
+    CausalPlan,
+    StatisticsPlan,
+    causal_plan,
+    check_min_samples,
+    statistics_plan,
+)
 
 __all__ = [
     "DEFAULTS", "CORE_FIELDS", "MODES", "Experiment", "parse_experiment", "experiment_from_row",
@@ -171,6 +177,7 @@ def parse_experiment(raw: Any, source: str, *,
             caliper = None
 
     statistics = statistics_plan(issues, raw)
+    check_min_samples(issues, statistics, min_samples)
     causal = causal_plan(issues, raw)
     core = {
         "experiment_id": experiment_id, "principal": principal, "subject": subject, "variant_slug": variant_slug,

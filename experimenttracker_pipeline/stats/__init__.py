@@ -9,11 +9,22 @@ evaluation never loads the sample rows. H0 is E[d] = 0, a one-sample problem on 
   all sample sizes.
 * ``group_sequential``: Lan-DeMets alpha spending (O'Brien-Fleming by default) for declared batched looks.
 * ``power``, ``srm``, ``winsorize``: power and sample size, sample-ratio mismatch, winsorization.
+* ``multiple``: Holm / Bonferroni across primary metrics and treatments.
+* ``bayes``: Gaussian-posterior read-out (chance to beat control, expected loss); reported, never the verdict.
+* ``ratio``: ratio metrics (sum over sum) by the delta method.
+* ``regression``: regression adjustment of the deltas on pre-declared covariates (CUPED-style).
+
+Sums are taken about a reference value (``SufficientStats.shift``) so the variance stays exact far from zero;
+impossible or non-finite statistics raise ``InvalidStatistics``.
 
 Pure numpy/scipy: no Dagster, no database.
 """
 
+from .bayes import BayesianReadout, bayesian_readout, gaussian_readout
 from .group_sequential import (
+    GroupSequentialDesign,
+    group_sequential_design,
+    planned_look_samples,
     group_sequential_boundaries,
     group_sequential_ci,
     group_sequential_p_value,
@@ -22,6 +33,9 @@ from .group_sequential import (
     power_spending,
 )
 from .intervals import (
+    ALWAYS_VALID_MIN_SAMPLES,
+    SKEW_SAMPLES_PER_G1SQ,
+    skew_min_samples,
     always_valid_p_value,
     confidence_sequence,
     fixed_ci,
@@ -40,8 +54,11 @@ from .power import (
     power_at,
     required_sample_size,
 )
+from .multiple import bonferroni_adjust, holm_adjust
+from .ratio import RatioStats
+from .regression import AdjustedEstimate, RegressionStats, regression_adjusted
 from .srm import srm_test
-from .sufficient import Interval, SRMResult, SufficientStats, WinsorizedStats
+from .sufficient import InvalidStatistics, Interval, SRMResult, SufficientStats, WinsorizedStats
 from .winsorize import winsorize_values
 
 __all__ = [
@@ -50,5 +67,8 @@ __all__ = [
     "always_valid_p_value", "confidence_sequence", "one_sided_cs_bound", "obf_spending", "pocock_spending",
     "power_spending", "group_sequential_boundaries", "group_sequential_p_value", "group_sequential_ci",
     "required_sample_size", "power_at", "always_valid_power_at", "expected_days_to_decision", "conditional_power",
-    "srm_test", "winsorize_values",
+    "srm_test", "winsorize_values", "InvalidStatistics", "ALWAYS_VALID_MIN_SAMPLES", "SKEW_SAMPLES_PER_G1SQ",
+    "skew_min_samples", "GroupSequentialDesign", "group_sequential_design", "planned_look_samples", "holm_adjust",
+    "bonferroni_adjust", "BayesianReadout", "bayesian_readout", "gaussian_readout", "RatioStats", "RegressionStats",
+    "AdjustedEstimate", "regression_adjusted",
 ]

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy import optimize, special
+from scipy import stats as sps
 
 from .sufficient import Interval, SufficientStats, _check_alpha
 
@@ -66,15 +67,19 @@ def _simpson_weights(m: int, h: float) -> np.ndarray:
     return w * h / 3.0
 
 
-def _gs_bounds(fractions: tuple[float, ...], alpha: float, spend: SpendingFunction, grid: int) -> list[float]:
+def _gs_recursion(
+    fractions: tuple[float, ...], alpha: float, spend: SpendingFunction, grid: int
+) -> tuple[list[float], list[Callable[[float], float]]]:
     """Two-sided symmetric z-bounds by numerical integration (Armitage-McPherson-Rowe).
 
     Works on the Brownian scale S_k = Z_k sqrt(t_k): f_k is the sub-density of S_k on the
     continuation region; each bound is solved so that the exit probability at look k equals
-    the alpha newly spent at t_k.
+    the alpha newly spent at t_k. Also returns, per look, ``exit_prob(c)``: the probability under H0
+    of reaching look k without crossing and then |Z_k| >= c (for stage-wise p-values).
     """
     cum = [spend(t, alpha) for t in fractions]
     bounds: list[float] = []
+    exits: list[Callable[[float], float]] = [lambda cc: float(2 * special.ndtr(-cc))]
     # Look 1 is exact.
     a1 = max(cum[0], 0.0)
     c = float(-special.ndtri(a1 / 2)) if a1 > 0 else math.inf
@@ -93,10 +98,11 @@ def _gs_bounds(fractions: tuple[float, ...], alpha: float, spend: SpendingFuncti
         wf = w * f
         sqrt_t = math.sqrt(t)
 
-        def exit_prob(cc: float) -> float:
+        def exit_prob(cc: float, x=x, wf=wf, sigma=sigma, sqrt_t=sqrt_t) -> float:
             b = cc * sqrt_t
             return float(np.dot(wf, special.ndtr((x - b) / sigma) + special.ndtr((-b - x) / sigma)))
 
+        exits.append(exit_prob)
         if target <= 0 or exit_prob(40.0) >= target:
             c = 40.0
         else:
@@ -114,7 +120,11 @@ def _gs_bounds(fractions: tuple[float, ...], alpha: float, spend: SpendingFuncti
         x, f = y, f
         w = _simpson_weights(m_next, y[1] - y[0])
         t_prev = t
-    return bounds
+    return bounds, exits
+
+
+def _gs_bounds(fractions: tuple[float, ...], alpha: float, spend: SpendingFunction, grid: int) -> list[float]:
+    return _gs_recursion(fractions, alpha, spend, grid)[0]
 
 
 def _validate_fractions(info_fractions: Sequence[float]) -> tuple[float, ...]:
@@ -208,3 +218,73 @@ def group_sequential_ci(
     return Interval(mean - c * se, mean + c * se, mean, se, p, "group_sequential", alpha, c, fr[-1], len(fr))
 
 
+
+
+# ---------------------------------------------------------------------------
+# A declared design: planned looks at fixed sample counts
+# ---------------------------------------------------------------------------
+
+
+def planned_look_samples(planned_max_samples: int, planned_looks: int) -> list[int]:
+    """Sample counts of the K equally spaced planned looks: ceil(k N / K), the last one at N."""
+    if planned_looks < 1 or planned_max_samples < planned_looks:
+        raise ValueError("need 1 <= planned_looks <= planned_max_samples")
+    return [-(-k * planned_max_samples // planned_looks) for k in range(1, planned_looks + 1)]
+
+
+class GroupSequentialDesign:
+    """A group-sequential design with K planned looks at fixed sample counts (the last at the plan).
+
+    Each look is analysed on the first n_k pairs (the samples are immutable, so a look's statistics never
+    change), which makes the information fractions n_k / N exact and the design fixed before any data:
+    its bounds and per-look exit probabilities are computed once (O(K)) and cached, so evaluating a look
+    costs O(1) whatever the number of earlier looks or sensor evaluations. Data past the plan are never
+    tested again.
+    """
+
+    def __init__(self, look_samples: Sequence[int], alpha: float = 0.05, spending: str = "obf", grid: int = 501):
+        _check_alpha(alpha)
+        looks = tuple(int(n) for n in look_samples)
+        if not looks or any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1:
+            raise ValueError("look sample counts must be positive and strictly increasing")
+        self.look_samples = looks
+        self.alpha = alpha
+        self.spending = spending
+        self.fractions = tuple(n / looks[-1] for n in looks)
+        bounds, self._exits = _gs_recursion(self.fractions, alpha, _spending_fn(spending), grid)
+        self.bounds = tuple(bounds)
+        spend = _spending_fn(spending)
+        self.cumulative_alpha = tuple(spend(t, alpha) for t in self.fractions)
+
+    @property
+    def planned_looks(self) -> int:
+        return len(self.look_samples)
+
+    def looks_reached(self, n: int) -> int:
+        """Number of planned looks whose sample count has been reached at n pairs."""
+        return sum(1 for m in self.look_samples if m <= n)
+
+    def t_bound(self, look: int, df: int) -> float:
+        """The look's z-bound carried to Student t with ``df`` degrees of freedom (same tail probability):
+        the small-sample correction for the estimated sd."""
+        z = self.bounds[look - 1]
+        if df < 1:
+            return math.inf
+        return float(sps.t.isf(special.ndtr(-z), df)) if z < 40 else math.inf
+
+    def stagewise_p_value(self, look: int, z: float) -> float:
+        """Stage-wise ordering p-value (Jennison & Turnbull 8.4) for stopping at ``look`` with |Z| = |z|:
+        alpha spent at earlier looks plus the chance of reaching this look and exceeding |z|. It is <= alpha
+        exactly when the design rejects at this look (and did not before)."""
+        if not 1 <= look <= len(self.bounds):
+            raise ValueError(f"look must be in 1..{len(self.bounds)}")
+        before = self.cumulative_alpha[look - 2] if look >= 2 else 0.0
+        return float(min(1.0, before + self._exits[look - 1](min(abs(z), 40.0))))
+
+
+@lru_cache(maxsize=256)
+def group_sequential_design(
+    planned_max_samples: int, planned_looks: int, alpha: float = 0.05, spending: str = "obf"
+) -> GroupSequentialDesign:
+    """The cached design for K equally spaced looks up to ``planned_max_samples`` (see ``GroupSequentialDesign``)."""
+    return GroupSequentialDesign(planned_look_samples(planned_max_samples, planned_looks), alpha, spending)

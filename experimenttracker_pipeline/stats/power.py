@@ -136,7 +136,7 @@ def conditional_power(
     theta = stats.mean if assumed_effect is None else assumed_effect
     c = float(-special.ndtri(alpha / 2)) if critical_value is None else critical_value
     big_n = max(planned_n, n)
-    s_now = stats.total / sd  # standardized partial sum
+    s_now = stats.n * stats.mean / sd  # standardized partial sum
     rem = big_n - n
     if rem == 0:
         z = s_now / math.sqrt(n)

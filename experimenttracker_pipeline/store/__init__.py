@@ -35,14 +35,16 @@ from experimenttracker_pipeline.stages.samples.pairing import (
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 SAMPLE_COLUMNS = SAMPLE_HASH_FIELDS + ("prev_hash", "sample_hash")
 RAW_COLUMNS = FILL_COLUMNS + ("source_file", "source_line")
-# Per-sample metrics of the evaluation surface, as SQL expressions over experiment_samples.
+# Per-sample metrics of the evaluation surface (means of a per-pair value), as SQL expressions over
+# experiment_samples ...
 METRIC_EXPRESSIONS = {
     "edge_delta_bps": "edge_delta_bps",
     "slippage_delta_bps": "slippage_delta_bps",
     "fill_quality_delta": "fill_quality_delta",
-    "fill_size_ratio": "(variant_fill_pusd / control_fill_pusd)",
 }
-METRIC_COLUMNS = tuple(METRIC_EXPRESSIONS)
+# ... and ratio metrics: sum of the numerator over sum of the denominator across pairs (delta method).
+RATIO_METRICS = {"fill_size_ratio": ("variant_fill_pusd", "control_fill_pusd")}
+METRIC_COLUMNS = tuple(METRIC_EXPRESSIONS) + tuple(RATIO_METRICS)
 
 
 def _metric(column: str) -> str:
@@ -556,11 +558,15 @@ class Store:
     # ---- END governance ----------------------------------------------------------------------------------------
 
     # ---- decisions: evaluations, causal estimates, verdicts --------------------------------------------
-    def winsorized_delta_stats(self, experiment_id: str, pct: float, column: str = "edge_delta_bps") -> dict[str, Any] | None:
+    def winsorized_delta_stats(self, experiment_id: str, pct: float, column: str = "edge_delta_bps",
+                               upto: int | None = None) -> dict[str, Any] | None:
         """Statistics of the metric clipped at its ``pct`` and ``100 - pct`` percentiles (linear interpolation, as
-        numpy and PostgreSQL's percentile_cont), computed in the database: two ordered probes and one aggregate."""
+        numpy and PostgreSQL's percentile_cont), computed in the database: two ordered probes and one aggregate.
+        ``upto``: only the first ``upto`` pairs (a planned look). Sums are about the lower clip point."""
         col = _metric(column)
-        n = int(self.scalar(f"SELECT COUNT({col}) FROM experiment_samples WHERE experiment_id = :e", e=experiment_id))
+        window = "" if upto is None else " AND sample_n <= :upto"
+        n = int(self.scalar(f"SELECT COUNT({col}) FROM experiment_samples WHERE experiment_id = :e{window}",
+                            e=experiment_id, upto=upto))
         if n == 0:
             return None
 
@@ -568,20 +574,22 @@ class Store:
             position = q * (n - 1)
             lower = int(position)
             values = [r["v"] for r in self.rows(
-                f"SELECT {col} AS v FROM experiment_samples WHERE experiment_id = :e AND {col} IS NOT NULL "
-                f"ORDER BY {col} LIMIT 2 OFFSET :o", e=experiment_id, o=lower)]
+                f"SELECT {col} AS v FROM experiment_samples WHERE experiment_id = :e AND {col} IS NOT NULL{window} "
+                f"ORDER BY {col} LIMIT 2 OFFSET :o", e=experiment_id, o=lower, upto=upto)]
             if len(values) == 1 or position == lower:
                 return float(values[0])
             return float(values[0] + (values[1] - values[0]) * (position - lower))
 
         lo, hi = quantile(pct / 100.0), quantile(1 - pct / 100.0)
-        clipped = f"(CASE WHEN {col} < :lo THEN :lo WHEN {col} > :hi THEN :hi ELSE {col} END)"
+        # Clipped values minus the lower clip point lie in [0, hi - lo]: sums of powers lose no digits.
+        y = f"((CASE WHEN {col} < :lo THEN :lo WHEN {col} > :hi THEN :hi ELSE {col} END) - :lo)"
         row = self.rows(
-            f"SELECT COUNT({col}) AS n, SUM({clipped}) AS s, SUM({clipped} * {clipped}) AS ss, "
+            f"SELECT COUNT({col}) AS n, SUM({y}) AS s, SUM({y} * {y}) AS ss, SUM({y} * {y} * {y}) AS s3, "
             f"SUM(CASE WHEN {col} < :lo OR {col} > :hi THEN 1 ELSE 0 END) AS k "
-            f"FROM experiment_samples WHERE experiment_id = :e AND {col} IS NOT NULL", e=experiment_id, lo=lo, hi=hi)[0]
-        return {"n": int(row["n"]), "total": float(row["s"]), "total_sq": float(row["ss"]), "lower": lo, "upper": hi,
-                "n_clipped": int(row["k"]), "pct": pct}
+            f"FROM experiment_samples WHERE experiment_id = :e AND {col} IS NOT NULL{window}",
+            e=experiment_id, lo=lo, hi=hi, upto=upto)[0]
+        return {"n": int(row["n"]), "total": float(row["s"]), "total_sq": float(row["ss"]), "shift": lo,
+                "total_cube": float(row["s3"]), "lower": lo, "upper": hi, "n_clipped": int(row["k"]), "pct": pct}
 
 
     def arm_fill_counts(self, exp: Mapping[str, Any]) -> tuple[int, int]:
@@ -607,11 +615,6 @@ class Store:
     def sample_deltas_with_covariates(self, experiment_id: str) -> list[dict[str, Any]]:
         return self.rows("SELECT edge_delta_bps, covariates_json FROM experiment_samples WHERE experiment_id = :e ORDER BY sample_n",
                           e=experiment_id)
-
-
-    def look_sample_counts(self, experiment_id: str) -> list[int]:
-        return [int(r["samples"]) for r in self.rows(
-            "SELECT DISTINCT samples FROM experiment_evaluations WHERE experiment_id = :e ORDER BY samples", e=experiment_id)]
 
 
     def _insert_returning_id(self, conn: Connection, table: str, row: Mapping[str, Any]) -> int:
@@ -656,26 +659,129 @@ class Store:
                             "ORDER BY id DESC LIMIT 1", e=experiment_id)
 
 
-    def cumulative_delta_stats(self, experiment_id: str, upto: int, points: int = 200) -> list[tuple[int, float, float]]:
-        """(n, Σd, Σd²) of edge_delta_bps after sample n, at about ``points`` checkpoints up to sample ``upto``:
-        window sums computed in the database, so a chart of the confidence sequence never loads sample rows.
-        sample_n runs 1..N without gaps (the hash chain guarantees it), so n is also the count."""
+    def _reference_sql(self, expr: str) -> str:
+        """Scalar subquery: the metric's first recorded value in the experiment, the reference its sums are
+        taken about (so the variance of data far from zero, e.g. 1e8 + N(0, 1), keeps its digits)."""
+        return (f"COALESCE((SELECT {expr} FROM experiment_samples WHERE experiment_id = :e AND {expr} IS NOT NULL "
+                f"ORDER BY sample_n LIMIT 1), 0.0)")
+
+    def cumulative_delta_stats(self, experiment_id: str, upto: int, points: int = 200) -> list[tuple[int, float, float, float]]:
+        """(n, Σ(d-k), Σ(d-k)², k) of edge_delta_bps after sample n, at about ``points`` checkpoints up to sample
+        ``upto``, k the experiment's first delta: window sums computed in the database, so a chart of the confidence
+        sequence never loads sample rows. sample_n runs 1..N without gaps (the hash chain guarantees it), so n is
+        also the count."""
         step = max(1, -(-upto // points))
         rows = self.rows(
-            "SELECT n, s, ss FROM (SELECT sample_n AS n, SUM(edge_delta_bps) OVER (ORDER BY sample_n) AS s, "
-            "SUM(edge_delta_bps * edge_delta_bps) OVER (ORDER BY sample_n) AS ss FROM experiment_samples "
+            f"WITH ref AS (SELECT {self._reference_sql('edge_delta_bps')} AS k) "
+            "SELECT n, s, ss, k FROM (SELECT sample_n AS n, ref.k AS k, SUM(edge_delta_bps - ref.k) OVER (ORDER BY sample_n) AS s, "
+            "SUM((edge_delta_bps - ref.k) * (edge_delta_bps - ref.k)) OVER (ORDER BY sample_n) AS ss "
+            "FROM experiment_samples CROSS JOIN ref "
             "WHERE experiment_id = :e AND sample_n <= :upto) c WHERE n % :step = 0 OR n = :upto ORDER BY n",
             e=experiment_id, upto=upto, step=step)
-        return [(int(r["n"]), float(r["s"]), float(r["ss"])) for r in rows]
+        return [(int(r["n"]), float(r["s"]), float(r["ss"]), float(r["k"])) for r in rows]
 
-    def metric_stats(self, experiment_id: str) -> dict[str, tuple[int, float, float]]:
-        """(n, sum, sum of squares) of every surface metric in one aggregate query."""
+    def metric_stats(self, experiment_id: str) -> dict[str, tuple]:
+        """Sufficient statistics of every surface metric in one aggregate query, about each column's first value k.
+
+        Per-pair metrics: (n, Σ(x-k), Σ(x-k)², k, Σ(x-k)³), i.e. ``stats.SufficientStats(n, total, total_sq, shift,
+        total_cube)``. Ratio metrics: (n, Σu, Σv, Σu², Σv², Σuv, kx, ky) with u = numerator - kx, v = denominator - ky,
+        i.e. ``stats.RatioStats``."""
+        columns = dict(METRIC_EXPRESSIONS)
+        for num, den in RATIO_METRICS.values():
+            columns.setdefault(num, num)
+            columns.setdefault(den, den)
+        refs = ", ".join(f"{self._reference_sql(expr)} AS {name}_k" for name, expr in columns.items())
         parts = []
         for name, expr in METRIC_EXPRESSIONS.items():
-            parts.append(f"COUNT({expr}) AS {name}_n, COALESCE(SUM({expr}), 0) AS {name}_s, "
-                         f"COALESCE(SUM({expr} * {expr}), 0) AS {name}_ss")
-        row = self.rows(f"SELECT {', '.join(parts)} FROM experiment_samples WHERE experiment_id = :e", e=experiment_id)[0]
-        return {name: (int(row[f"{name}_n"]), float(row[f"{name}_s"]), float(row[f"{name}_ss"])) for name in METRIC_EXPRESSIONS}
+            y = f"({expr} - ref.{name}_k)"
+            parts.append(f"COUNT({expr}) AS {name}_n, COALESCE(SUM({y}), 0) AS {name}_s, "
+                         f"COALESCE(SUM({y} * {y}), 0) AS {name}_ss, COALESCE(SUM({y} * {y} * {y}), 0) AS {name}_s3, "
+                         f"MAX(ref.{name}_k) AS {name}_k")
+        for name, (num, den) in RATIO_METRICS.items():
+            u, v, both = f"({num} - ref.{num}_k)", f"({den} - ref.{den}_k)", f"{num} IS NOT NULL AND {den} IS NOT NULL"
+            parts.append(f"SUM(CASE WHEN {both} THEN 1 ELSE 0 END) AS {name}_n, "
+                         + ", ".join(f"COALESCE(SUM(CASE WHEN {both} THEN {e} END), 0) AS {name}_{k}" for k, e in (
+                             ("su", u), ("sv", v), ("suu", f"{u} * {u}"), ("svv", f"{v} * {v}"), ("suv", f"{u} * {v}")))
+                         + f", MAX(ref.{num}_k) AS {name}_kx, MAX(ref.{den}_k) AS {name}_ky")
+        row = self.rows(f"WITH ref AS (SELECT {refs}) SELECT {', '.join(parts)} FROM experiment_samples CROSS JOIN ref "
+                        "WHERE experiment_id = :e", e=experiment_id)[0]
+        out: dict[str, tuple] = {name: (int(row[f"{name}_n"]), float(row[f"{name}_s"]), float(row[f"{name}_ss"]),
+                                        float(row[f"{name}_k"] or 0.0), float(row[f"{name}_s3"])) for name in METRIC_EXPRESSIONS}
+        for name in RATIO_METRICS:
+            out[name] = (int(row[f"{name}_n"] or 0), *(float(row[f"{name}_{k}"]) for k in ("su", "sv", "suu", "svv", "suv")),
+                         float(row[f"{name}_kx"] or 0.0), float(row[f"{name}_ky"] or 0.0))
+        return out
+
+    def look_delta_stats(self, experiment_id: str, look_samples: Sequence[int]) -> list[tuple[int, float, float, float, float]]:
+        """Statistics of edge_delta_bps over the first n_k pairs for each planned look n_1 < ... < n_K, as
+        ``metric_stats`` tuples: one aggregate grouped by look, accumulated here (pairs 1..N are gapless)."""
+        bounds = [int(b) for b in look_samples]
+        if not bounds:
+            return []
+        case = " ".join(f"WHEN sample_n <= :b{i} THEN {i}" for i in range(len(bounds)))
+        params = {f"b{i}": b for i, b in enumerate(bounds)}
+        y = "(edge_delta_bps - ref.k)"
+        rows = self.rows(
+            f"WITH ref AS (SELECT {self._reference_sql('edge_delta_bps')} AS k) "
+            f"SELECT CASE {case} END AS look, COUNT(*) AS n, SUM({y}) AS s, SUM({y} * {y}) AS ss, "
+            f"SUM({y} * {y} * {y}) AS s3, MAX(ref.k) AS k FROM experiment_samples CROSS JOIN ref "
+            f"WHERE experiment_id = :e AND sample_n <= :b{len(bounds) - 1} GROUP BY CASE {case} END",
+            e=experiment_id, **params)
+        by_look = {int(r["look"]): r for r in rows}
+        out, n, s1, s2, s3 = [], 0, 0.0, 0.0, 0.0
+        k = float(rows[0]["k"]) if rows else 0.0
+        for i, b in enumerate(bounds):
+            r = by_look.get(i)
+            if r is not None:
+                n, s1, s2, s3 = n + int(r["n"]), s1 + float(r["s"]), s2 + float(r["ss"]), s3 + float(r["s3"])
+            if n < b:  # this look's pairs are not all recorded yet
+                break
+            out.append((n, s1, s2, k, s3))
+        return out
+
+    def covariate_stats(self, experiment_id: str, covariates: Sequence[str]) -> dict[str, Any]:
+        """Sufficient statistics for regressing edge_delta_bps on numeric covariates (``stats.RegressionStats``),
+        about the first pair's values, in one aggregate; plus the count of pairs lacking a numeric value for
+        any of them (then no adjustment is made, nothing is dropped silently)."""
+        names = list(covariates)
+        if self.dialect == "postgresql":
+            def cov(name: str) -> str:
+                lit = "'" + name.replace("'", "''") + "'"
+                return (f"(CASE WHEN jsonb_typeof(CAST(covariates_json AS jsonb) -> {lit}) = 'number' "
+                        f"THEN CAST(CAST(covariates_json AS jsonb) ->> {lit} AS DOUBLE PRECISION) END)")
+        else:
+            def cov(name: str) -> str:
+                path = "'$.\"" + name.replace("'", "''").replace('"', '') + "\"'"
+                return (f"(CASE WHEN json_type(covariates_json, {path}) IN ('integer', 'real') "
+                        f"THEN CAST(json_extract(covariates_json, {path}) AS REAL) END)")
+        xs = [cov(c) for c in names]
+        complete = " AND ".join(f"{x} IS NOT NULL" for x in xs) or "1 = 1"
+        first = self.rows(
+            f"SELECT edge_delta_bps AS d, {', '.join(f'{x} AS x{i}' for i, x in enumerate(xs))} FROM experiment_samples "
+            f"WHERE experiment_id = :e AND {complete} ORDER BY sample_n LIMIT 1", e=experiment_id)
+        total = int(self.scalar("SELECT COUNT(*) FROM experiment_samples WHERE experiment_id = :e", e=experiment_id))
+        if not first:
+            return {"covariates": names, "pairs": total, "missing": total, "stats": None}
+        kd = float(first[0]["d"])
+        kx = [float(first[0][f"x{i}"]) for i in range(len(xs))]
+        ys = [f"({x} - :k{i})" for i, x in enumerate(xs)]
+        d = "(edge_delta_bps - :kd)"
+        cols = [f"COUNT(*) AS n", f"SUM({d}) AS sd", f"SUM({d} * {d}) AS sdd"]
+        cols += [f"SUM({y}) AS sx{i}" for i, y in enumerate(ys)]
+        cols += [f"SUM({y} * {d}) AS sxd{i}" for i, y in enumerate(ys)]
+        cols += [f"SUM({ys[i]} * {ys[j]}) AS sxx{i}_{j}" for i in range(len(ys)) for j in range(i, len(ys))]
+        params = {f"k{i}": v for i, v in enumerate(kx)}
+        row = self.rows(f"SELECT {', '.join(cols)} FROM experiment_samples WHERE experiment_id = :e AND {complete}",
+                        e=experiment_id, kd=kd, **params)[0]
+        p = len(xs)
+        sxx = [[0.0] * p for _ in range(p)]
+        for i in range(p):
+            for j in range(i, p):
+                sxx[i][j] = sxx[j][i] = float(row[f"sxx{i}_{j}"])
+        stats = {"n": int(row["n"]), "sum_d": float(row["sd"]), "sum_dd": float(row["sdd"]),
+                 "sum_x": tuple(float(row[f"sx{i}"]) for i in range(p)), "sum_xx": tuple(map(tuple, sxx)),
+                 "sum_xd": tuple(float(row[f"sxd{i}"]) for i in range(p)), "shift_d": kd, "shift_x": tuple(kx)}
+        return {"covariates": names, "pairs": total, "missing": total - int(row["n"]), "stats": stats}
 
     def insert_verdict(self, conn: Connection, row: Mapping[str, Any]) -> int:
         return self._insert_returning_id(conn, "experiment_verdicts", row)

@@ -83,7 +83,7 @@ def test_fixed_horizon_experiment_uses_the_spec_two_sigma_rule(store, workdirs):
     rng = np.random.default_rng(11)
     deltas = rng.normal(0, 20, 100)
     deltas = (deltas - deltas.mean()) / deltas.std(ddof=1) * 20 - 5  # mean -5, sd 20 -> SE 2, z = -2.5
-    _experiment(store, workdirs, deltas, ci_method="fixed_horizon", min_samples_for_decision=100)
+    _experiment(store, workdirs, deltas, ci_method="fixed_horizon", min_samples_for_decision=100, planned_max_samples=100)
     verdict, drift, _ = _evaluate(store)
     assert verdict.verdict["drift_rule"].startswith("fixed") or "2" in verdict.verdict["drift_rule"]
     assert verdict.verdict["drift_z"] == pytest.approx(-2.5, abs=1e-6) and drift.signalled_now

@@ -149,6 +149,7 @@ def test_cumulative_checkpoints_match_numpy(store, workdirs):
     record_samples(store, "exp_a")
     deltas = np.array([r["edge_delta_bps"] for r in store.iter_samples("exp_a")])
     checkpoints = store.cumulative_delta_stats("exp_a", upto=40, points=8)
-    assert [n for n, _, _ in checkpoints] == [5, 10, 15, 20, 25, 30, 35, 40]
-    for n, s, ss in checkpoints:
-        assert s == pytest.approx(deltas[:n].sum()) and ss == pytest.approx((deltas[:n] ** 2).sum())
+    assert [n for n, _, _, _ in checkpoints] == [5, 10, 15, 20, 25, 30, 35, 40]
+    for n, s, ss, k in checkpoints:  # sums about the first delta k
+        assert k == deltas[0]
+        assert s == pytest.approx((deltas[:n] - k).sum()) and ss == pytest.approx(((deltas[:n] - k) ** 2).sum())

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from experimenttracker_pipeline.model.declaration import load_declarations
+from experimenttracker_pipeline.model.declaration import load_declarations, read_declaration
 from experimenttracker_pipeline.model.experiment import parse_experiment
 from experimenttracker_pipeline.model.fields import InvalidDeclaration
 from experimenttracker_pipeline_tests.builders import declaration
@@ -48,6 +48,18 @@ def test_defaults_follow_spec_section_8(tmp_path: Path):
     ({"subject": "widget:x1"}, "subject"),
     ({"eval_surface": {"objectives": {"primary": []}}}, "eval_surface.objectives.primary"),
     ({"stop_rules": {"early_stop_on": ["efficacy"]}}, "stop_rules.early_stop_on"),
+    ({"ci_method": "group_sequential", "planned_looks": 50, "planned_max_samples": 10}, "planned_looks"),
+    ({"ci_method": "fixed_horizon"}, "planned_max_samples"),
+    ({"ci_method": "fixed_horizon", "planned_max_samples": 50}, "planned_max_samples"),  # below min_samples 100
+    ({"min_samples_for_decision": 10}, "min_samples_for_decision"),  # below the always-valid floor
+    ({"drift_margin_bps": -1}, "drift_margin_bps"),
+    ({"non_inferiority_margins": {"latency_ms": 1}}, "non_inferiority_margins.latency_ms"),
+    ({"non_inferiority_margins": {"slippage_delta_bps": -1}}, "non_inferiority_margins.slippage_delta_bps"),
+    ({"non_inferiority_margins": [1]}, "non_inferiority_margins"),
+    ({"prior_sd_bps": 0}, "prior_sd_bps"),
+    ({"adjust_for": "vol"}, "adjust_for"),
+    ({"adjust_for": ["vol"], "ci_method": "fixed_horizon", "planned_max_samples": 500}, "adjust_for"),
+    ({"adjust_for": ["vol"], "winsorize_pct": 1}, "adjust_for"),
 ])
 def test_invalid_declarations_name_file_and_field(tmp_path: Path, overrides, field):
     (tmp_path / "bad.yaml").write_text(declaration("exp_bad", **overrides))
@@ -121,3 +133,41 @@ def test_plans_are_typed(tmp_path: Path):
         "group_sequential", 4, 2000, 2.0, 1.0)
     assert isinstance(plan.planned_max_samples, int)
     assert (experiment.causal.instrument, experiment.causal.harm_margin_bps) == ("router_draw", 0.5)
+
+
+def test_statistics_options_are_parsed(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text(declaration(
+        "exp_a", ci_method="fixed_horizon", planned_max_samples=800, drift_margin_bps=0.5,
+        non_inferiority_margins={"slippage_delta_bps": 1.0}, prior_mean_bps=0.5, prior_sd_bps=4,
+        min_samples_for_decision=5))
+    (tmp_path / "b.yaml").write_text(declaration("exp_b", adjust_for={"vol_bps": 12.0, "spread_z": None}))
+    (tmp_path / "c.yaml").write_text(declaration("exp_c", adjust_for=["vol_bps"]))
+    load = load_declarations(tmp_path)
+    assert not load.errors
+    a, b, c = sorted(load.experiments, key=lambda d: d.experiment_id)
+    plan = a.statistics
+    assert (plan.drift_margin_bps, dict(plan.non_inferiority_margins), plan.prior_mean_bps, plan.prior_sd_bps) == (
+        0.5, {"slippage_delta_bps": 1.0}, 0.5, 4.0)
+    assert a.min_samples_for_decision == 5  # a fixed-horizon design may plan a small exact t-test
+    assert dict(b.statistics.adjust_for) == {"spread_z": None, "vol_bps": 12.0}
+    assert dict(c.statistics.adjust_for) == {"vol_bps": None}
+
+
+def test_new_plan_fields_leave_existing_contract_digests_unchanged(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text(declaration("exp_a"))
+    (tmp_path / "b.yaml").write_text(declaration("exp_a", drift_margin_bps=0.5))
+    plain = load_declarations(tmp_path).errors  # the same id twice: both rejected, parse them one by one
+    assert plain
+    a = read_declaration(tmp_path / "a.yaml")
+    b = read_declaration(tmp_path / "b.yaml")
+    assert "drift_margin_bps_micros" not in a.statistics.to_canonical()
+    assert b.statistics.to_canonical()["drift_margin_bps_micros"] == 500_000
+    assert a.contract.digest != b.contract.digest  # a declared margin is part of the contract
+
+
+def test_model_floor_matches_the_statistics_floor():
+    import experimenttracker_pipeline.stats as st
+    from experimenttracker_pipeline.model.plans import ALWAYS_VALID_MIN_SAMPLES
+
+    assert ALWAYS_VALID_MIN_SAMPLES == st.ALWAYS_VALID_MIN_SAMPLES
+

@@ -45,7 +45,7 @@ def test_merge_equals_concatenation():
     merged = SufficientStats.from_values(a).merge(SufficientStats.from_values(b))
     both = SufficientStats.from_values(np.concatenate([a, b]))
     assert merged.n == both.n
-    assert merged.total == pytest.approx(both.total)
+    assert merged.sum == pytest.approx(both.sum)
     assert merged.variance == pytest.approx(both.variance, rel=1e-10)
 
 
@@ -352,7 +352,7 @@ def test_conditional_power_by_simulation():
     # Simulate the remaining 600 deltas as N(theta, sd_hat^2) and apply the final z-test with
     # the same plug-in sd.
     rest = rng.normal(theta * 600, s.sd * math.sqrt(600), size=200_000)
-    z_final = (s.total + rest) / (s.sd * math.sqrt(planned))
+    z_final = (s.sum + rest) / (s.sd * math.sqrt(planned))
     sim = (np.abs(z_final) >= sps.norm.isf(0.025)).mean()
     assert cp == pytest.approx(sim, abs=0.005)
 

@@ -216,3 +216,62 @@ def test_harm_and_max_duration_together_most_severe_first():
     fired = evaluate_stop_rules(C, elapsed=timedelta(days=61), harm=True, efficacy_boundary_crossed=True)
     assert codes(fired) == [STOP_HARM, STOP_EFFICACY, STOP_MAX_DURATION]
     assert HARD_VIOLATED not in codes(fired)
+
+
+# -- family-wise control across primary metrics and treatments ---------------------------------
+
+def _two_primaries():
+    raw = example_raw()
+    raw["eval_surface"]["objectives"] = {"primary": [{"name": "edge_delta_bps", "weight_bp": 10000},
+                                                     {"name": "fill_quality_delta", "weight_bp": 5000}]}
+    raw["eval_surface"]["constraints"] = {}
+    return make_contract(raw)
+
+
+def pci(est, lo, hi, p, n=500):
+    return {"estimate": est, "ci_95_low": lo, "ci_95_high": hi, "n": n, "p_value": p}
+
+
+def test_one_primary_excluding_neutral_is_not_enough_with_two():
+    # Each CI is a 95% interval; with two primary metrics Holm needs p <= 0.025 for the first rejection.
+    c = _two_primaries()
+    marginal = {"edge_delta_bps": pci(1.0, 0.05, 1.95, 0.04), "fill_quality_delta": pci(0.0, -0.01, 0.01, 0.9)}
+    d = decide(c, marginal)
+    v = d.variant("treatment")
+    assert v.stat_verdict == "inconclusive"  # the old rule: "any primary excludes neutral" -> variant_wins
+    fam = d.multiple_testing
+    assert fam["correction"] == "holm" and fam["family_size"] == 2
+    assert [h["adjusted_p_value"] for h in fam["hypotheses"]] == pytest.approx([0.08, 0.9])
+    strong = marginal | {"edge_delta_bps": pci(1.5, 0.5, 2.5, 0.001)}
+    assert decide(c, strong).variant("treatment").stat_verdict == "variant_wins"
+    mixed = strong | {"fill_quality_delta": pci(-0.02, -0.03, -0.01, 0.002)}
+    assert decide(c, mixed).variant("treatment").stat_verdict == "inconclusive"  # better and worse
+    export = decide(c, strong).to_export()["multiple_testing"]
+    assert export["correction"] == "holm" and export["hypotheses"][0]["adjusted_p_value_micros"] == 2000
+
+
+def test_a_metric_without_data_stays_in_the_family():
+    c = _two_primaries()
+    d = decide(c, {"edge_delta_bps": pci(1.0, 0.1, 1.9, 0.03)})  # fill_quality has no CI yet
+    assert d.multiple_testing["family_size"] == 2
+    assert d.variant("treatment").stat_verdict == "inconclusive"  # 0.03 > 0.05 / 2
+
+
+def test_holm_across_treatments():
+    raw = example_raw()
+    raw["traffic_split_pct"] = 30
+    raw["polb_config"]["max_population_share_bp"] = 3000
+    raw["eval_surface"]["constraints"] = {}
+    raw["variants"] = {"control": {"traffic_share_bp": 7000},
+                       "a": {"slug": "sports-model-v2", "traffic_share_bp": 1000},
+                       "b": {"slug": "sports-model-v3", "traffic_share_bp": 1000},
+                       "c": {"slug": "sports-model-v4", "traffic_share_bp": 1000}}
+    c = make_contract(raw)
+    out = {"a": {"edge_delta_bps": pci(2.0, 0.5, 3.5, 0.001)}, "b": {"edge_delta_bps": pci(1.0, 0.1, 1.9, 0.02)},
+           "c": {"edge_delta_bps": pci(0.9, 0.05, 1.8, 0.03)}}
+    d = decide(c, out)
+    # Holm: 0.001 * 3, then 0.02 * 2 = 0.04 <= 0.05, then max(0.04, 0.03) -> all three rejected.
+    assert [d.variant(v).stat_verdict for v in "abc"] == ["variant_wins"] * 3
+    out["b"]["edge_delta_bps"] = pci(1.0, 0.1, 1.9, 0.03)
+    d = decide(c, out)  # 0.03 * 2 = 0.06: b and c are no longer rejected
+    assert [d.variant(v).stat_verdict for v in "abc"] == ["variant_wins", "inconclusive", "inconclusive"]

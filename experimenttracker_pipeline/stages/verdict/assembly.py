@@ -41,6 +41,8 @@ EXPERIMENT_INSUFFICIENT_SAMPLES = "EXPERIMENT_INSUFFICIENT_SAMPLES"
 EXPERIMENT_HARMED_SEGMENT = "EXPERIMENT_HARMED_SEGMENT"
 HARM_DETECTED = "harm_detected"
 GUARDRAIL_VERDICTS = ("guardrail_violated", "blocked_by_guardrail")
+NON_INFERIORITY_FAILED = "EXPERIMENT_NON_INFERIORITY_FAILED"
+NON_INFERIORITY_UNRESOLVED = "EXPERIMENT_NON_INFERIORITY_UNRESOLVED"
 
 
 @dataclass
@@ -67,7 +69,8 @@ def policy_of(experiment: Experiment) -> EvaluationPolicy:
         min_samples_for_decision=experiment.min_samples_for_decision, ci_method=plan.ci_method,
         expected_samples=plan.expected_samples, planned_looks=plan.planned_looks,
         planned_max_samples=plan.planned_max_samples, mde_bps=plan.mde_bps, expected_sd_bps=plan.expected_sd_bps,
-        mode=experiment.mode, traffic_split_pct=experiment.traffic_split_pct, winsorize_pct=plan.winsorize_pct)
+        mode=experiment.mode, traffic_split_pct=experiment.traffic_split_pct, winsorize_pct=plan.winsorize_pct,
+        drift_margin_bps=plan.drift_margin_bps, prior_mean_bps=plan.prior_mean_bps, prior_sd_bps=plan.prior_sd_bps)
 
 
 def _always_valid_from_estimate(estimate: float, se: float, n: int, policy: EvaluationPolicy) -> tuple[float, float]:
@@ -85,7 +88,9 @@ def combine_verdict(experiment: Experiment, evaluation: Mapping[str, Any], causa
     final = {key: evaluation.get(key) for key in (
         "verdict", "event_type", "ci_method", "ci_95_low", "ci_95_high", "fixed_ci_95_low", "fixed_ci_95_high",
         "edge_delta_bps", "samples", "p_value", "fixed_p_value", "power", "drift_signalled", "drift_z", "drift_bound",
-        "drift_rule", "futile", "srm", "information_fraction", "gs_boundary", "plain_english")}
+        "drift_rule", "futile", "srm", "information_fraction", "gs_boundary", "plain_english", "look_samples",
+        "next_look_samples", "skewness", "skew_min_samples", "non_inferiority", "bayesian", "regression_adjustment")}
+    final["multiple_testing"] = evaluation.get("multiple_testing") or {"correction": "none", "family_size": 1}
     final["reason_codes"] = list(evaluation.get("reason_codes") or [])
     final["basis"] = evaluation.get("ci_method")
     verdict = final["verdict"]
@@ -109,7 +114,7 @@ def combine_verdict(experiment: Experiment, evaluation: Mapping[str, Any], causa
                 final.update(verdict=verdict, plain_english=(
                     "The routing left too little overlap between variant and control fills to estimate the effect "
                     "reliably; no conclusion is drawn."))
-            if verdict == CONTROL_WINS:
+            if verdict == CONTROL_WINS and high < -policy.drift_margin_bps:
                 final["drift_signalled"] = True
         harmed = list(causal.get("harmed_segments") or [])
         final["harmed_segments"] = harmed
@@ -121,7 +126,8 @@ def combine_verdict(experiment: Experiment, evaluation: Mapping[str, Any], causa
                                           f"{', '.join(harmed)}; it will not be promoted.")
         for code in causal.get("warnings") or []:
             final["reason_codes"].append(code)
-    if final["verdict"] == CONTROL_WINS:
+    if final["verdict"] == CONTROL_WINS and (final.get("ci_95_high") is None
+                                             or final["ci_95_high"] < -policy.drift_margin_bps):
         final["drift_signalled"] = True
     final["reason_codes"] = sorted(set(final["reason_codes"]))
     return final
@@ -134,13 +140,27 @@ def judge_goal_surface(experiment: Experiment, evaluation: Mapping[str, Any], fi
     # Metrics without a CI (no data yet) are left out: the surface then reports their constraints as NO_DATA.
     metrics = {name: ci for name, ci in (evaluation.get("metrics") or {}).items()
                if ci.get("estimate") is not None and ci.get("ci_95_low") is not None and ci.get("ci_95_high") is not None}
-    if final.get("ci_95_low") is not None:  # the primary metric on the verdict's own basis (e.g. AIPW)
+    family_wise = len(contract.eval_surface.primary) * len(contract.treatments) > 1
+    if final.get("ci_95_low") is not None and not family_wise:
+        # The one primary metric on the verdict's own basis (e.g. AIPW, a planned look). Several primary metrics
+        # are judged together on their always-valid intervals instead (Holm on their always-valid p-values).
         metrics["edge_delta_bps"] = {"estimate": final["edge_delta_bps"], "ci_95_low": final["ci_95_low"],
                                      "ci_95_high": final["ci_95_high"], "n": final["samples"]}
     treatment = contract.treatments[0].id
     stat_verdict = final["verdict"] if final["verdict"] in (VARIANT_WINS, CONTROL_WINS, "inconclusive", "insufficient_samples") else "inconclusive"
-    surface = decide_surface(contract, {treatment: metrics}, stat_verdicts={treatment: stat_verdict})
+    overrides = None if family_wise and stat_verdict != "insufficient_samples" else {treatment: stat_verdict}
+    surface = decide_surface(contract, {treatment: metrics}, stat_verdicts=overrides,
+                             alpha=float(evaluation.get("alpha") or 0.05))
     variant = surface.variant(treatment)
+    final["multiple_testing"] = dict(surface.multiple_testing) if family_wise else {
+        "correction": "none", "family_size": 1, "alpha": evaluation.get("alpha")}
+    if family_wise and final["verdict"] in (VARIANT_WINS, CONTROL_WINS, "inconclusive"):
+        final["edge_verdict"] = final["verdict"]
+        final["verdict"] = variant.stat_verdict
+        final["plain_english"] = PLAIN_ENGLISH.get(variant.stat_verdict, final["plain_english"])
+        if variant.stat_verdict == CONTROL_WINS:
+            final["drift_signalled"] = True
+    _apply_non_inferiority(evaluation, final)
     final["surface"] = surface.to_export(include_metrics=False)
     final["reason_codes"] = sorted(set(final["reason_codes"]) | set(variant.reason_codes) - {EXPERIMENT_INSUFFICIENT_SAMPLES}
                                    | ({EXPERIMENT_INSUFFICIENT_SAMPLES} if final["verdict"] == "insufficient_samples" else set()))
@@ -149,18 +169,43 @@ def judge_goal_surface(experiment: Experiment, evaluation: Mapping[str, Any], fi
         final["plain_english"] = ("The new strategy version did better on edge but did not hold a declared guardrail "
                                   f"({', '.join(c for c in variant.reason_codes if 'HARD' in c)}); it will not be promoted.")
     harmed = list(final.get("harmed_segments") or [])
+    inferior = [m for m, r in (final.get("non_inferiority_margins") or {}).items() if r["status"] == "inferior"]
     last_ms = evaluation.get("last_sample_at_ms")
     elapsed = timedelta(milliseconds=max(0, (last_ms or experiment.started_at_ms) - experiment.started_at_ms))
     conditional = evaluation.get("conditional_power")
     fired = evaluate_stop_rules(
         contract, elapsed=elapsed, efficacy_boundary_crossed=final["verdict"] == VARIANT_WINS,
-        futile=bool(evaluation.get("futile")), harm=bool(harmed) or surface.harm,
-        harm_reasons=[f"harmed segment {h}" for h in harmed] + list(surface.harm_reasons), decision=surface,
+        futile=bool(evaluation.get("futile")), harm=bool(harmed) or surface.harm or bool(inferior),
+        harm_reasons=[f"harmed segment {h}" for h in harmed] + list(surface.harm_reasons)
+        + [f"{NON_INFERIORITY_FAILED}:{m}" for m in inferior], decision=surface,
         primary_ci=metrics.get("edge_delta_bps"),
         conditional_power_bp=int(round(conditional * 10_000)) if isinstance(conditional, (int, float)) else None)
     final["stop_rules"] = [rule.to_export() for rule in fired]
     final["reason_codes"] = sorted(set(final["reason_codes"]) | {r.reason_code for r in fired if r.action == "stop"})
     return fired
+
+
+def _apply_non_inferiority(evaluation: Mapping[str, Any], final: dict[str, Any]) -> None:
+    """Declared non-inferiority margins act as guardrails: a winner must be shown not worse than control by more
+    than each margin (one-sided always-valid); shown worse by more is a guardrail violation (harm). Updates
+    ``final``."""
+    results = {name: ci["non_inferiority"] for name, ci in (evaluation.get("metrics") or {}).items()
+               if ci.get("non_inferiority")}
+    if not results:
+        return
+    final["non_inferiority_margins"] = results
+    inferior = sorted(m for m, r in results.items() if r["status"] == "inferior")
+    unresolved = sorted(m for m, r in results.items() if r["status"] != "non_inferior")
+    codes = [f"{NON_INFERIORITY_FAILED}:{m}" for m in inferior]
+    if inferior and final["verdict"] == VARIANT_WINS:
+        final["verdict"] = "guardrail_violated"
+    elif final["verdict"] == VARIANT_WINS and unresolved:
+        final["verdict"] = "blocked_by_guardrail"
+        codes += [f"{NON_INFERIORITY_UNRESOLVED}:{m}" for m in unresolved]
+    if final["verdict"] in GUARDRAIL_VERDICTS:
+        final["plain_english"] = ("The new strategy version did better on edge but was not shown to stay within a "
+                                  "declared non-inferiority margin; it will not be promoted.")
+    final["reason_codes"] = sorted(set(final["reason_codes"]) | set(codes))
 
 
 def attach_governance(final: dict[str, Any], experiment: Experiment, status: GovernanceStatus) -> None:
@@ -184,5 +229,15 @@ def result_payload(experiment: Experiment, final: Mapping[str, Any], evaluation_
         "p_value": final["p_value"], "fixed_p_value": final["fixed_p_value"], "power": final["power"],
         "drift_signalled": bool(final["drift_signalled"]), "reason_codes": final["reason_codes"],
         "plain_english": final["plain_english"], "evaluation_id": evaluation_id,
+        # Added fields (the ones above keep their names): the family-wise correction, the Bayesian read-out,
+        # the variance reduction of a regression adjustment, and the non-inferiority results.
+        "correction": (final.get("multiple_testing") or {}).get("correction", "none"),
+        "multiple_testing": final.get("multiple_testing"),
+        "bayesian": final.get("bayesian"),
+        "variance_reduction": (final.get("regression_adjustment") or {}).get("variance_reduction"),
+        "regression_adjustment": final.get("regression_adjustment"),
+        "non_inferiority": final.get("non_inferiority"),
+        "non_inferiority_margins": final.get("non_inferiority_margins"),
+        "look_samples": final.get("look_samples"),
     }
     return to_json(payload)

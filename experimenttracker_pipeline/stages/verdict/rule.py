@@ -7,27 +7,41 @@ assets persist, report and plot.
 Decision rules (in order):
 
 1. ``samples < min_samples_for_decision`` -> verdict ``insufficient_samples``, event
-   ``EXPERIMENT_INSUFFICIENT_SAMPLES``, no winner and no drift signal (spec 7, 26).
+   ``EXPERIMENT_INSUFFICIENT_SAMPLES``, no winner and no drift signal (spec 7, 26). The always-valid
+   rule also waits while the deltas are too skewed for its normal approximation (n < 75 g1^2, reason
+   code ``EXPERIMENT_SKEWED_DELTAS``); a fixed-horizon or group-sequential design waits for its first
+   planned look.
 2. ``mode == "limited_live"`` and a sample-ratio mismatch (chi-square at ``srm_alpha``) ->
    verdict ``srm_blocked``, event ``EXPERIMENT_SRM_DETECTED``; no winner, no drift signal
    (the comparison itself is untrustworthy).
 3. Otherwise the chosen interval (``ci_method``) decides: ``variant_wins`` if its low bound
    > 0, ``control_wins`` if its high bound < 0, else ``inconclusive``; event
-   ``EXPERIMENT_RESULT``. The fixed-horizon t interval is always reported alongside.
+   ``EXPERIMENT_RESULT``. The fixed-horizon t interval of all the data is always reported alongside.
+
+   * ``always_valid``: the confidence sequence of all the data, at every evaluation.
+   * ``group_sequential``: the planned looks n_k = ceil(k N / K) are analysed on the first n_k pairs
+     (O'Brien-Fleming bounds, carried to Student t for the estimated sd); the first look that crosses
+     decides for good; evaluations between looks report the latest look's result without testing, and
+     data past the plan N are reported, never tested again.
+   * ``fixed_horizon``: one look, at ``planned_max_samples``, with the t interval of the first N pairs.
 
 Drift (spec 9 step 5): with n >= min_samples and no SRM block, a drift signal is due when
-the one-sided always-valid upper bound (``drift_alpha`` = 0.025) is below 0 or the verdict
-is ``control_wins``. For ``ci_method="fixed_horizon"`` the spec's literal rule applies
-instead: at the planned look (n >= planned_max_samples, or min_samples when none is
-declared) the mean is more than 2 standard errors below 0 (or the verdict is control_wins).
-The fixed-scale z = mean / SE is always reported.
+the one-sided always-valid upper bound (``drift_alpha`` = 0.025, split over ``treatments``) is below
+``-drift_margin_bps`` or the verdict is ``control_wins`` with the interval below ``-drift_margin_bps``. For ``ci_method="fixed_horizon"`` the spec's
+literal rule applies instead, once, at the planned look: the mean of the first N pairs is more than 2
+standard errors below ``-drift_margin_bps`` (or the verdict is control_wins). The fixed-scale z = mean / SE
+is always reported, and so are the non-inferiority result at the drift margin and a Bayesian read-out
+(chance to beat control, expected loss) that is never the verdict's basis.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Mapping, Sequence
+
+from scipy import special
+from scipy import stats as sps
 
 import experimenttracker_pipeline.stats as st
 from experimenttracker_pipeline.model.numbers import to_json
@@ -60,6 +74,9 @@ EXPERIMENT_SRM_DETECTED = "EXPERIMENT_SRM_DETECTED"
 EXPERIMENT_DRIFT_SIGNAL = "EXPERIMENT_DRIFT_SIGNAL"
 EXPERIMENT_FUTILE = "EXPERIMENT_FUTILE"
 EXPERIMENT_WINSORIZATION_CHANGED_RESULT = "EXPERIMENT_WINSORIZATION_CHANGED_RESULT"
+EXPERIMENT_SKEWED_DELTAS = "EXPERIMENT_SKEWED_DELTAS"
+EXPERIMENT_AWAITING_PLANNED_LOOK = "EXPERIMENT_AWAITING_PLANNED_LOOK"
+EXPERIMENT_PAST_PLANNED_SAMPLES = "EXPERIMENT_PAST_PLANNED_SAMPLES"
 
 CI_METHODS = ("always_valid", "group_sequential", "fixed_horizon")
 MODES = ("shadow_only", "limited_live")
@@ -85,6 +102,7 @@ PLAIN_ENGLISH: dict[str, str] = {
     "drift": "The new strategy version is doing worse than the current version, so the strategy "
     "registry has been told to review it.",
     "futile": "Even with the planned amount of data, this experiment is unlikely to reach a conclusion.",
+    "skewed": "A few unusually large differences make the data too lopsided to judge yet; more pairs are needed.",
     "large_split": "A large share of traffic is used for the experiment, so a human sign-off is required "
     "before any promotion.",
 }
@@ -117,6 +135,10 @@ class EvaluationPolicy:
     mode: Literal["shadow_only", "limited_live"] = "shadow_only"
     traffic_split_pct: float = 10
     winsorize_pct: float | None = None
+    drift_margin_bps: float = 0.0
+    prior_mean_bps: float = 0.0
+    prior_sd_bps: float | None = None
+    treatments: int = 1
 
     def __post_init__(self) -> None:
         if self.ci_method not in CI_METHODS:
@@ -137,12 +159,29 @@ class EvaluationPolicy:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.ci_method == "group_sequential" and self.planned_max_samples is None:
-            # Information fractions need a fixed denominator; renormalising at every look by
-            # the current n would re-spend alpha at each look (see spotify/confidence#110).
-            raise ValueError("ci_method 'group_sequential' requires planned_max_samples")
+        if self.ci_method in ("group_sequential", "fixed_horizon") and self.planned_max_samples is None:
+            # The test happens at planned sample counts: information fractions need a fixed denominator
+            # (renormalising by the current n re-spends alpha, spotify/confidence#110) and a fixed-horizon
+            # test judged at every look is a peeking test.
+            raise ValueError(f"ci_method {self.ci_method!r} requires planned_max_samples")
+        if self.ci_method == "group_sequential" and self.planned_looks is None:
+            raise ValueError("ci_method 'group_sequential' requires planned_looks")
+        if self.planned_looks is not None and self.planned_max_samples is not None \
+                and self.planned_looks > self.planned_max_samples:
+            raise ValueError("planned_looks must be <= planned_max_samples")
+        if self.ci_method == "fixed_horizon" and self.planned_max_samples < self.min_samples_for_decision:
+            raise ValueError("planned_max_samples must be >= min_samples_for_decision")
+        if self.ci_method == "always_valid" and self.min_samples_for_decision < st.ALWAYS_VALID_MIN_SAMPLES:
+            raise ValueError(f"min_samples_for_decision must be >= {st.ALWAYS_VALID_MIN_SAMPLES} for ci_method "
+                             "'always_valid' (below that the confidence sequence misses more than 5%)")
         if self.winsorize_pct is not None and not 0 <= self.winsorize_pct < 50:
             raise ValueError("winsorize_pct must be in [0, 50)")
+        if not (math.isfinite(self.drift_margin_bps) and self.drift_margin_bps >= 0):
+            raise ValueError("drift_margin_bps must be >= 0")
+        if self.prior_sd_bps is not None and not self.prior_sd_bps > 0:
+            raise ValueError("prior_sd_bps must be > 0")
+        if self.treatments < 1:
+            raise ValueError("treatments must be >= 1")
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> "EvaluationPolicy":
@@ -162,6 +201,13 @@ class EvaluationPolicy:
         if self.planned_max_samples is not None:
             return int(self.planned_max_samples)
         return int(self.min_samples_for_decision)
+
+    def design(self) -> "st.GroupSequentialDesign | None":
+        """The planned looks of a group-sequential (K looks) or fixed-horizon (one look) design."""
+        if self.ci_method == "always_valid":
+            return None
+        looks = 1 if self.ci_method == "fixed_horizon" else int(self.planned_looks or 1)
+        return st.group_sequential_design(int(self.planned_max_samples), looks, self.alpha)
 
     def planned_samples(self) -> int:
         """Planned maximum n (information fraction denominator, futility horizon)."""
@@ -213,6 +259,17 @@ class Evaluation:
     srm: dict | None = None
     winsorization: dict | None = None
     plain_english: str = ""
+    # Which n the verdict's test used (group-sequential / fixed-horizon: the planned look), the next planned
+    # look, and the design's z-bounds.
+    look_samples: int | None = None
+    next_look_samples: int | None = None
+    gs_boundaries: list | None = None
+    skewness: float | None = None
+    skew_min_samples: int | None = None
+    non_inferiority: dict | None = None
+    bayesian: dict | None = None
+    multiple_testing: dict = field(default_factory=lambda: {"correction": "none", "family_size": 1})
+    regression_adjustment: dict | None = None
 
     @property
     def is_decision(self) -> bool:
@@ -231,35 +288,75 @@ def _decide(ci: Interval) -> str:
     return INCONCLUSIVE
 
 
-def _info_fractions(n: int, look_sample_counts: Sequence[int], planned: int) -> tuple[list[float], int]:
-    """Information fractions of the previous looks plus the current one.
+@dataclass(frozen=True)
+class _LookResult:
+    look: int
+    stats: SufficientStats
+    interval: Interval
+    crossed: bool
 
-    Fractions are n_k / max(planned, n): an overrun past the plan renormalises by the
-    current n (as Spotify's implementation does) so the last look always spends all alpha.
+
+def _design_looks(design: st.GroupSequentialDesign, n: int, look_stats: Sequence[SufficientStats],
+                  min_samples: int) -> tuple[list[_LookResult], int]:
+    """Analyse the planned looks reached at n on the statistics of their own first n_k pairs.
+
+    Looks below ``min_samples`` are not tested (their alpha is left unspent: conservative). Returns the tested
+    looks up to and including the first that crosses (later ones are never consulted: the design stopped)
+    and the number of looks reached.
     """
-    previous = sorted({int(c) for c in look_sample_counts if 0 < int(c) < n})
-    denom = max(planned, n)
-    return [c / denom for c in previous] + [n / denom], denom
+    reached = design.looks_reached(n)
+    if len(look_stats) < reached:
+        raise ValueError(f"look_stats must give the statistics of the first n_k pairs for each of the {reached} "
+                         f"planned looks reached at n={n} ({list(design.look_samples[:reached])})")
+    results: list[_LookResult] = []
+    for k in range(1, reached + 1):
+        ls = look_stats[k - 1]
+        if ls.n != design.look_samples[k - 1]:
+            raise ValueError(f"look {k} needs the statistics of the first {design.look_samples[k - 1]} pairs, got n={ls.n}")
+        if ls.n < max(min_samples, 2):
+            continue
+        crit = design.t_bound(k, ls.n - 1)
+        se, mean = ls.se, ls.mean
+        if se > 0:
+            t = mean / se
+            crossed = abs(t) >= crit
+            z_equiv = float(-special.ndtri(min(sps.t.sf(abs(t), ls.n - 1), 0.5)))
+            p = design.stagewise_p_value(k, z_equiv)
+        else:
+            crossed, p = mean != 0, (0.0 if mean != 0 else 1.0)
+        half = crit * se if math.isfinite(crit) else math.inf
+        method = "fixed_horizon" if design.planned_looks == 1 else "group_sequential"
+        ci = Interval(mean - half, mean + half, mean, se, p, method, design.alpha, crit,
+                      design.fractions[k - 1], k)
+        results.append(_LookResult(k, ls, ci, crossed))
+        if crossed:
+            break
+    return results, reached
 
 
 def evaluate(
     stats: SufficientStats,
     policy: EvaluationPolicy | None = None,
     *,
-    look_sample_counts: Sequence[int] = (),
+    look_stats: Sequence[SufficientStats] = (),
+    raw_look_stats: Sequence[SufficientStats] | None = None,
     variant_count: int | None = None,
     control_count: int | None = None,
     samples_per_day: float | None = None,
     winsorized_stats: SufficientStats | None = None,
+    adjusted: st.AdjustedEstimate | None = None,
 ) -> Evaluation:
     """Evaluate one experiment from the sufficient statistics of its paired deltas.
 
-    ``look_sample_counts``: sample counts at the previous group-sequential looks (only used
-    with ``ci_method="group_sequential"``; the current n is the current look).
+    ``look_stats``: for ``group_sequential`` / ``fixed_horizon``, the statistics of the first n_k pairs at
+    each planned look reached so far (``policy.design().look_samples``), on the verdict's basis (winsorized
+    when that is declared); ``raw_look_stats`` the same on the raw deltas (for the winsorization report).
     ``variant_count``/``control_count``: fills routed to each arm, for the SRM check in
     ``limited_live`` mode. ``samples_per_day``: observed sampling rate for the time estimate.
     ``winsorized_stats``: statistics of the deltas winsorized at ``policy.winsorize_pct``;
     when both are set the verdict uses them and the raw result is reported alongside.
+    ``adjusted``: the regression-adjusted estimate (``stats.regression_adjusted``), the basis when given.
+    Impossible or non-finite statistics never reach a verdict: ``InvalidStatistics`` is raised.
     """
     policy = policy or EvaluationPolicy()
     alpha = policy.alpha
@@ -270,54 +367,95 @@ def evaluate(
         if winsorized_stats.n != stats.n:
             raise ValueError("winsorized_stats must have the same n as stats")
         basis = winsorized_stats
+    if adjusted is not None:
+        if basis is not stats:
+            raise ValueError("regression adjustment and winsorization cannot both be the basis")
+        if adjusted.n != stats.n:
+            raise ValueError("the adjusted estimate must be on the same pairs as stats")
+        basis = adjusted.as_stats()
+    for value in (basis.mean, basis.variance if n >= 2 else 0.0):
+        if not math.isfinite(value):
+            raise st.InvalidStatistics(f"non-finite statistics (mean {basis.mean!r}, variance {basis.variance!r})")
 
     n_tune = policy.tuning_samples()
     planned = policy.planned_samples()
     fixed = st.fixed_ci(basis, alpha)
     cs = st.confidence_sequence(basis, alpha, n_tune=n_tune)
-
-    information_fraction = gs_boundary = look_number = None
-    if policy.ci_method == "always_valid":
-        chosen = cs
-    elif policy.ci_method == "fixed_horizon":
-        chosen = fixed
-    else:
-        fractions, _ = _info_fractions(max(n, 1), look_sample_counts, planned)
-        chosen = st.group_sequential_ci(basis, fractions, alpha)
-        information_fraction, gs_boundary, look_number = chosen.information_fraction, chosen.critical_value, chosen.look
+    design = policy.design()
 
     reason_codes: list[str] = []
+    # The normal approximation behind the always-valid rules needs more pairs when the deltas are skewed.
+    skew_source = basis if basis.total_cube is not None else stats
+    skewness = skew_source.skewness
+    skew_needed = st.skew_min_samples(skew_source)
+
+    information_fraction = gs_boundary = look_number = look_n = next_look = None
+    looks: list[_LookResult] = []
+    waiting_for_look = False
+    if design is None:
+        chosen = cs
+    else:
+        looks, reached = _design_looks(design, n, look_stats, policy.min_samples_for_decision)
+        next_look = design.look_samples[reached] if reached < design.planned_looks else None
+        if looks:
+            chosen = looks[-1].interval
+            information_fraction, gs_boundary, look_number = chosen.information_fraction, chosen.critical_value, chosen.look
+            look_n = looks[-1].stats.n
+        else:
+            chosen = Interval(-math.inf, math.inf, basis.mean, basis.se, 1.0, policy.ci_method, alpha)
+            waiting_for_look = True
+
     srm_result = None
     if variant_count is not None and control_count is not None and 0 < policy.traffic_split_pct < 100:
         srm_result = st.srm_test(variant_count, control_count, policy.traffic_split_pct / 100.0, policy.srm_alpha)
 
     # --- verdict -------------------------------------------------------------------------
-    if n < policy.min_samples_for_decision:
+    skew_hold = design is None and n >= policy.min_samples_for_decision and n < skew_needed
+    if n < policy.min_samples_for_decision or skew_hold or waiting_for_look:
         verdict, event_type = INSUFFICIENT, EXPERIMENT_INSUFFICIENT_SAMPLES
     elif policy.mode == "limited_live" and srm_result is not None and srm_result.mismatch:
         verdict, event_type = SRM_BLOCKED, EXPERIMENT_SRM_DETECTED
+    elif design is not None and not looks[-1].crossed:
+        verdict, event_type = INCONCLUSIVE, EXPERIMENT_RESULT
     else:
         verdict, event_type = _decide(chosen), EXPERIMENT_RESULT
     reason_codes.append(event_type)
+    if skew_hold:
+        reason_codes.append(EXPERIMENT_SKEWED_DELTAS)
+    if waiting_for_look and n >= policy.min_samples_for_decision:
+        reason_codes.append(EXPERIMENT_AWAITING_PLANNED_LOOK)
+    if design is not None and n > design.look_samples[-1]:
+        reason_codes.append(EXPERIMENT_PAST_PLANNED_SAMPLES)
     if policy.traffic_split_pct > 50:
         reason_codes.append(EXPERIMENT_LARGE_SPLIT_WARN)
 
     # --- drift -----------------------------------------------------------------------------
     se = basis.se
     mean = basis.mean
+    margin = policy.drift_margin_bps
     drift_z = mean / se if se and math.isfinite(se) and se > 0 else (math.copysign(math.inf, mean) if mean else 0.0)
-    can_signal = verdict not in (INSUFFICIENT, SRM_BLOCKED)
+    blocked = (n < policy.min_samples_for_decision or verdict == SRM_BLOCKED)
+    drift_alpha = policy.drift_alpha / policy.treatments
+    upper = st.one_sided_cs_bound(basis, drift_alpha, n_tune=n_tune, side="upper")
+    lower = st.one_sided_cs_bound(basis, drift_alpha, n_tune=n_tune, side="lower")
+    # control_wins signals drift (spec 10) unless a drift margin is declared and the interval is within it.
+    lost_by_margin = verdict == CONTROL_WINS and chosen.high < -margin
     if policy.ci_method == "fixed_horizon":
         drift_rule = "fixed_2_sigma_at_planned_look"
-        at_planned_look = n >= (policy.planned_max_samples or policy.min_samples_for_decision)
-        drift_bound = mean + 2 * se if math.isfinite(se) else math.inf
-        drift = can_signal and at_planned_look and (drift_bound < 0 or verdict == CONTROL_WINS)
+        at_look = looks[-1].stats if looks else None
+        drift_bound = at_look.mean + 2 * at_look.se if at_look is not None and math.isfinite(at_look.se) else math.inf
+        drift = not blocked and at_look is not None and (drift_bound < -margin or lost_by_margin)
     else:
         drift_rule = "one_sided_always_valid"
-        drift_bound = st.one_sided_cs_bound(basis, policy.drift_alpha, n_tune=n_tune, side="upper")
-        drift = can_signal and (drift_bound < 0 or verdict == CONTROL_WINS)
+        drift_bound = upper
+        drift = not blocked and n >= skew_needed and (drift_bound < -margin or lost_by_margin)
     if drift:
         reason_codes.append(EXPERIMENT_DRIFT_SIGNAL)
+    non_inferiority = {
+        "margin_bps": margin, "alpha": drift_alpha, "lower_bound": lower, "upper_bound": upper,
+        "non_inferior": bool(n >= max(2, policy.min_samples_for_decision, skew_needed) and lower > -margin),
+        "inferior": bool(drift), "rule": drift_rule,
+    }
 
     # --- power, sample size, futility -----------------------------------------------------------
     sd = basis.sd
@@ -352,16 +490,14 @@ def evaluate(
     if futility_horizon is None and policy.mde_bps is not None:
         futility_horizon = required
     futile = False
-    if futility_horizon is not None and n >= policy.min_samples_for_decision and sd > 0 and verdict == INCONCLUSIVE:
+    # Past the plan of a planned-look design nothing is tested any more, so futility is moot.
+    if (futility_horizon is not None and n >= policy.min_samples_for_decision and sd > 0 and verdict == INCONCLUSIVE
+            and (design is None or n < design.look_samples[-1])):
         big_n = max(futility_horizon, n)
         if policy.ci_method == "always_valid":
             crit = st.normal_mixture_bound(big_n, alpha, st.mixture_rho(n_tune, alpha)) / math.sqrt(big_n)
-        elif policy.ci_method == "group_sequential":
-            fr, _ = _info_fractions(max(n, 1), look_sample_counts, big_n)
-            final = fr + ([1.0] if fr[-1] < 1.0 else [])
-            crit = st.group_sequential_boundaries(final, alpha)[-1]
         else:
-            crit = None
+            crit = design.bounds[-1]
         # Under the design effect when declared (is the MDE still reachable?), else the trend.
         cp = st.conditional_power(basis, big_n, alpha, policy.mde_bps, critical_value=crit)
         futile = math.isfinite(cp) and cp < policy.futility_threshold
@@ -370,15 +506,17 @@ def evaluate(
 
     # --- winsorization report -------------------------------------------------------------------
     winsor = None
-    if basis is not stats:
-        if policy.ci_method == "always_valid":
+    if basis is not stats and adjusted is None:
+        if design is None:
             raw_ci = st.confidence_sequence(stats, alpha, n_tune=n_tune)
-        elif policy.ci_method == "fixed_horizon":
-            raw_ci = st.fixed_ci(stats, alpha)
+            raw_verdict = verdict if verdict in (INSUFFICIENT, SRM_BLOCKED) else _decide(raw_ci)
+        elif raw_look_stats is not None:
+            raw_looks, _ = _design_looks(design, n, raw_look_stats, policy.min_samples_for_decision)
+            raw_ci = raw_looks[-1].interval if raw_looks else chosen
+            raw_verdict = verdict if verdict in (INSUFFICIENT, SRM_BLOCKED) or not raw_looks else (
+                _decide(raw_ci) if raw_looks[-1].crossed else INCONCLUSIVE)
         else:
-            fr, _ = _info_fractions(max(n, 1), look_sample_counts, planned)
-            raw_ci = st.group_sequential_ci(stats, fr, alpha)
-        raw_verdict = verdict if verdict in (INSUFFICIENT, SRM_BLOCKED) else _decide(raw_ci)
+            raise ValueError("raw_look_stats are needed to report winsorization under a planned-look design")
         changed = raw_verdict != verdict
         winsor = {
             "pct": policy.winsorize_pct,
@@ -391,12 +529,21 @@ def evaluate(
         if changed:
             reason_codes.append(EXPERIMENT_WINSORIZATION_CHANGED_RESULT)
 
+    adjustment = None
+    if adjusted is not None:
+        adjustment = {"estimate_bps": adjusted.estimate, "se_bps": adjusted.se, "se_unadjusted_bps": adjusted.se_unadjusted,
+                      "variance_reduction": adjusted.variance_reduction, "coefficients": list(adjusted.coefficients),
+                      "residual_sd_bps": adjusted.residual_sd, "unadjusted_edge_delta_bps": stats.mean}
+    bayes = st.bayesian_readout(basis, prior_mean=policy.prior_mean_bps, prior_sd=policy.prior_sd_bps)
+
     # --- plain English ----------------------------------------------------------------------------
     texts = [PLAIN_ENGLISH[verdict]]
     if drift and verdict != CONTROL_WINS:
         texts.append(PLAIN_ENGLISH["drift"])
     if futile:
         texts.append(PLAIN_ENGLISH["futile"])
+    if skew_hold:
+        texts.append(PLAIN_ENGLISH["skewed"])
     if policy.traffic_split_pct > 50:
         texts.append(PLAIN_ENGLISH["large_split"])
 
@@ -435,11 +582,19 @@ def evaluate(
         information_fraction=information_fraction,
         gs_boundary=gs_boundary,
         look_number=look_number,
-        planned_looks=policy.planned_looks,
+        planned_looks=design.planned_looks if design is not None else policy.planned_looks,
         planned_samples=planned,
         srm=srm_result.to_dict() if srm_result is not None else None,
         winsorization=winsor,
         plain_english=" ".join(texts),
+        look_samples=look_n,
+        next_look_samples=next_look,
+        gs_boundaries=list(design.bounds) if design is not None else None,
+        skewness=skewness if math.isfinite(skewness) else None,
+        skew_min_samples=skew_needed if design is None else None,
+        non_inferiority=non_inferiority,
+        bayesian=bayes.to_dict() if bayes is not None else None,
+        regression_adjustment=adjustment,
     )
 
 
@@ -524,6 +679,13 @@ def report_payload(
         "gs_boundary",
         "srm",
         "plain_english",
+        "look_samples",
+        "non_inferiority",
+        "bayesian",
+        "regression_adjustment",
+        "multiple_testing",
     ):
         payload[key] = e[key]
+    payload["correction"] = e["multiple_testing"]["correction"]
+    payload["variance_reduction"] = (e["regression_adjustment"] or {}).get("variance_reduction")
     return payload

@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Iterable, Mapping, Sequence
 
+from scipy import special
+
 import experimenttracker_pipeline.model.canonical as cj
+import experimenttracker_pipeline.stats as st
 from experimenttracker_pipeline.model.contract import (
     CONTROL,
     METRICS,
@@ -64,15 +67,27 @@ class MetricCI:
     ci_95_low: float
     ci_95_high: float
     n: int = 0
+    p_value: float | None = None  # always-valid p-value against the metric's neutral value, when known
 
     @classmethod
     def of(cls, v: Any) -> "MetricCI":
-        """From a mapping or an object with ``estimate, ci_95_low, ci_95_high[, n]``."""
+        """From a mapping or an object with ``estimate, ci_95_low, ci_95_high[, n, p_value]``."""
         if isinstance(v, MetricCI):
             return v
         get = v.get if isinstance(v, Mapping) else (lambda k, d=None: getattr(v, k, d))
+        p = get("p_value", None)
         return cls(float(get("estimate")), float(get("ci_95_low")), float(get("ci_95_high")),
-                   int(get("n", 0) or 0))
+                   int(get("n", 0) or 0), None if p is None else float(p))
+
+    def p_value_at(self, neutral: float, alpha: float) -> float:
+        """The p-value against ``neutral``: the given one, else the CI read as a Wald interval at level alpha."""
+        if self.p_value is not None:
+            return self.p_value
+        half = (self.ci_95_high - self.ci_95_low) / 2
+        if not half > 0:
+            return 0.0 if self.estimate != neutral else 1.0
+        se = half / float(-special.ndtri(alpha / 2))
+        return float(2 * special.ndtr(-abs(self.estimate - neutral) / se))
 
     @property
     def finite(self) -> bool:
@@ -152,6 +167,7 @@ class SurfaceDecision:
     ranking: tuple[str, ...]  # control and treatments, best first
     pareto_set: tuple[str, ...]  # sorted ids
     winner: str | None
+    multiple_testing: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def harm(self) -> bool:
@@ -182,7 +198,19 @@ class SurfaceDecision:
                 "ranking": list(self.ranking), "pareto_set": list(self.pareto_set),
                 "harm": self.harm, "harm_reasons": list(self.harm_reasons),
                 "reason_codes": list(self.reason_codes),
+                "multiple_testing": _export_family(self.multiple_testing),
                 "variants": [v.to_export(include_metrics) for v in self.variants]}
+
+
+def _export_family(family: Mapping[str, Any]) -> dict[str, Any]:
+    """Integers only (the surface export is canonical JSON): p-values in micros."""
+    if not family:
+        return {}
+    return {"correction": family["correction"], "family_size": family["family_size"],
+            "alpha_micros": cj.to_micros(family["alpha"]),
+            "hypotheses": [{"variant": h["variant"], "metric": h["metric"], "p_value_micros": cj.to_micros(h["p_value"]),
+                            "adjusted_p_value_micros": cj.to_micros(h["adjusted_p_value"]), "rejected": h["rejected"],
+                            "direction": h["direction"]} for h in family["hypotheses"]]}
 
 
 def _normalise_outcomes(contract: ExperimentContract,
@@ -204,23 +232,52 @@ def _normalise_outcomes(contract: ExperimentContract,
     return out
 
 
-def _stat_verdict(contract: ExperimentContract, cis: Mapping[str, MetricCI]) -> str:
+def family_tests(contract: ExperimentContract, per_variant: Mapping[str, Mapping[str, MetricCI]],
+                 alpha: float = 0.05) -> dict[str, Any]:
+    """Family-wise test of every (treatment, primary objective) pair: Holm on the always-valid
+    p-values against each metric's neutral value, so the chance of any false win or loss across metrics and
+    treatments stays <= alpha under continuous monitoring. A pair without data counts with p = 1. A single
+    hypothesis needs no correction.
+
+    Each hypothesis reports its p-value, Holm-adjusted p-value, whether it is rejected and its direction
+    ("better" / "worse" for the variant, by the objective's sign)."""
+    hyps = []
+    for v in contract.treatments:
+        cis = per_variant.get(v.id, {})
+        for o in contract.eval_surface.primary:
+            ci = cis.get(o.metric)
+            if ci is None or not ci.finite:
+                # Still a member of the family (p = 1): shrinking the family while a metric waits for data
+                # would test the others at a laxer level than declared.
+                hyps.append({"variant": v.id, "metric": o.metric, "p_value": 1.0, "direction": "none"})
+                continue
+            neutral = float(METRICS[o.metric].neutral)
+            up = ci.estimate > neutral
+            hyps.append({"variant": v.id, "metric": o.metric, "p_value": ci.p_value_at(neutral, alpha),
+                         "direction": "better" if up == (o.weight_bp > 0) else "worse"})
+    m = len(hyps)
+    adjusted = st.holm_adjust([h["p_value"] for h in hyps]) if m > 1 else [h["p_value"] for h in hyps]
+    for h, a in zip(hyps, adjusted):
+        h["adjusted_p_value"] = a
+        h["rejected"] = bool(a <= alpha)
+    return {"correction": "holm" if m > 1 else "none", "family_size": m, "alpha": alpha, "hypotheses": hyps}
+
+
+def _stat_verdict(contract: ExperimentContract, variant: str, cis: Mapping[str, MetricCI],
+                  family: Mapping[str, Any]) -> str:
     prim = contract.eval_surface.primary
     n = min((cis[o.metric].n for o in prim if o.metric in cis), default=0)
     if n < contract.min_samples_for_decision:
         return "insufficient_samples"
-    better = worse = 0
-    for o in prim:
-        ci = cis.get(o.metric)
-        if ci is None or not ci.finite:
-            continue
-        neutral = float(METRICS[o.metric].neutral)
-        if o.weight_bp > 0:
-            better += ci.ci_95_low > neutral
-            worse += ci.ci_95_high < neutral
-        else:
-            better += ci.ci_95_high < neutral
-            worse += ci.ci_95_low > neutral
+    mine = [h for h in family["hypotheses"] if h["variant"] == variant and h["rejected"]]
+    if family["family_size"] == 1 and mine:
+        # One hypothesis: the CI itself decides (it is the test at level alpha).
+        ci = cis[mine[0]["metric"]]
+        neutral = float(METRICS[mine[0]["metric"]].neutral)
+        if not (ci.ci_95_low > neutral or ci.ci_95_high < neutral):
+            mine = []
+    better = sum(h["direction"] == "better" for h in mine)
+    worse = sum(h["direction"] == "worse" for h in mine)
     # One primary objective improving with none worsening is a win; mixed evidence is not.
     if better and not worse:
         return "variant_wins"
@@ -243,15 +300,17 @@ def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def decide(contract: ExperimentContract, outcomes: Mapping[str, Any], *,
-           stat_verdicts: Mapping[str, str] | None = None) -> SurfaceDecision:
+           stat_verdicts: Mapping[str, str] | None = None, alpha: float = 0.05) -> SurfaceDecision:
     """Evaluate every objective and constraint for each variant and pick the winner, if any.
 
     ``outcomes``: ``{variant_id: {metric: CI}}``, or ``{metric: CI}`` when the contract has one
     treatment. ``stat_verdicts`` optionally overrides the per-variant statistical verdict (e.g.
     the verdict rule's verdict from its chosen CI method); otherwise it is derived from the primary
-    objectives' CIs and ``min_samples_for_decision``.
+    objectives' CIs and ``min_samples_for_decision``, with family-wise control (``family_tests``) when there
+    are several primary objectives or treatments.
     """
     per_variant = _normalise_outcomes(contract, outcomes)
+    family = family_tests(contract, per_variant, alpha)
     es = contract.eval_surface
     decisions: list[VariantDecision] = []
     for v in contract.treatments:
@@ -275,7 +334,7 @@ def decide(contract: ExperimentContract, outcomes: Mapping[str, Any], *,
             feas = FEASIBLE
         else:
             feas = FEAS_UNRESOLVED
-        stat = (stat_verdicts or {}).get(v.id) or _stat_verdict(contract, cis)
+        stat = (stat_verdicts or {}).get(v.id) or _stat_verdict(contract, v.id, cis, family)
         codes = [c.reason_code for c in hard if c.reason_code]
         if feas == INFEASIBLE:
             verdict = "guardrail_violated"
@@ -313,7 +372,7 @@ def decide(contract: ExperimentContract, outcomes: Mapping[str, Any], *,
                           if not any(_dominates(q, p) for j, q in points.items() if j != k)))
     winners = [r for r in ranking if r != CONTROL and next(d for d in decisions if d.variant == r).winner]
     return SurfaceDecision(contract.experiment_id, tuple(decisions), ranking, pareto,
-                           winners[0] if winners else None)
+                           winners[0] if winners else None, family)
 
 
 # -- stop rules ------------------------------------------------------------------------------
