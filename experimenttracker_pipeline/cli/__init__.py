@@ -57,8 +57,10 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
     definitions = build_definitions(settings)
     ok = True
     run_config = None if verbose else QUIET_RUN_CONFIG
+    bus_up = _report_bus_state(settings, store, out)
+    ingest_config = {**(run_config or {}), "ops": {"raw_reports": {"config": {"bus_drain": True}}}}
     ingest = definitions.resolve_job_def("ingest_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config)
+        instance=instance, raise_on_error=False, run_config=ingest_config)
     print(f"ingest_job: {'success' if ingest.success else 'FAILED'} (run {ingest.run_id})", file=out)
     ok &= ingest.success
     targets = list(experiment_ids) if experiment_ids else [r["experiment_id"] for r in store.experiment_rows()]
@@ -70,7 +72,32 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
             instance=instance, partition_key=experiment_id, raise_on_error=False, run_config=run_config)
         print(f"experiment_job[{experiment_id}]: {'success' if result.success else 'FAILED'} (run {result.run_id})", file=out)
         ok &= result.success
+    if bus_up:
+        relay = definitions.resolve_job_def("report_relay_job").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config)
+        print(f"report_relay_job: {'success' if relay.success else 'FAILED'} (run {relay.run_id}; "
+              f"{store.unpublished_count()} reports unpublished)", file=out)
+        ok &= relay.success
     return ok
+
+
+def _report_bus_state(settings: Settings, store: Store, out) -> bool:
+    """With a report bus configured: stall every active experiment while it cannot be reached
+    (EXPERIMENT_STALLED once, REPORT_BUS_UNAVAILABLE), resume them when it answers. True when the bus is up."""
+    import time
+
+    from experimenttracker_pipeline.stages.ingestion.bus import BusConfig, report_bus_error
+    from experimenttracker_pipeline.stages.stalls.episodes import apply_bus_state
+
+    config = BusConfig.from_settings(settings)
+    if config is None:
+        return False
+    error = report_bus_error(config)
+    for report in apply_bus_state(store, error, int(time.time() * 1000)):
+        print(f"{report['event_type']} {report['experiment_id']} ({report['reason']})", file=out)
+    if error:
+        print(f"report bus unavailable: {error}; samples wait on the bus, experiments resume when it answers", file=out)
+    return error is None
 
 
 def contiguous_chunks(ordered_keys: Sequence[str], wanted: Sequence[str], per_run: int) -> list[list[str]]:

@@ -518,6 +518,39 @@ class Store:
             rows = conn.execute(sa.text(f"SELECT payload_json FROM operations_reports{where} ORDER BY created_at, report_id"), params)
             return [json.loads(r[0]) for r in rows]
 
+    # ---- publishing the outbox to the report bus ---------------------------------------------------
+    def unpublished_reports(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest outbox rows not yet published to the bus (report_id, topic, payload_json)."""
+        return self.rows(
+            "SELECT r.report_id, r.topic, r.payload_json FROM operations_reports r WHERE NOT EXISTS "
+            "(SELECT 1 FROM report_publications p WHERE p.report_id = r.report_id) "
+            "ORDER BY r.created_at, r.report_id LIMIT :n", n=limit)
+
+    def record_publications(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Record PubAcks (report_id, subject, stream, stream_seq, duplicate); a row already recorded stays."""
+        if not rows:
+            return 0
+        with self.begin() as conn:
+            result = conn.execute(sa.text(
+                "INSERT INTO report_publications (report_id, subject, stream, stream_seq, duplicate) "
+                "VALUES (:report_id, :subject, :stream, :stream_seq, :duplicate) ON CONFLICT (report_id) DO NOTHING"),
+                [dict(r) for r in rows])
+            return int(result.rowcount or 0)
+
+    def unpublished_count(self) -> int:
+        return int(self.scalar("SELECT COUNT(*) FROM operations_reports r WHERE NOT EXISTS "
+                               "(SELECT 1 FROM report_publications p WHERE p.report_id = r.report_id)"))
+
+    def record_stage_duration(self, stage: str, seconds: float) -> None:
+        """Add one duration to the running totals of a stage (read by the metrics endpoint)."""
+        with self.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO stage_durations (stage, runs, total_seconds, last_seconds, last_at_ms) VALUES (:s, 1, :d, :d, :t) "
+                "ON CONFLICT (stage) DO UPDATE SET runs = stage_durations.runs + 1, "
+                "total_seconds = stage_durations.total_seconds + excluded.total_seconds, "
+                "last_seconds = excluded.last_seconds, last_at_ms = excluded.last_at_ms"),
+                {"s": stage, "d": float(seconds), "t": int(time.time() * 1000)})
+
     # ---- generic reads used by tests, status and benchmarks --------------------------------------
     def scalar(self, sql: str, **params: Any) -> Any:
         with self.begin() as conn:

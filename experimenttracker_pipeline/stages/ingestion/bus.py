@@ -179,7 +179,7 @@ async def ensure_consumer(js: Any, config: BusConfig) -> Any:
         filter_subject=filter_subject))
 
 
-def _run(config: BusConfig, work: Callable[[Any], Awaitable[T]], *, reconnect_attempts: int = 2) -> T:
+def run_on_bus(config: BusConfig, work: Callable[[Any], Awaitable[T]], *, reconnect_attempts: int = 2) -> T:
     """Connect, run ``work(nc)``, close; every bus-side failure becomes ReportBusUnavailable."""
 
     async def main() -> T:
@@ -226,7 +226,7 @@ def consumer_backlog(config: BusConfig) -> BusBacklog:
     async def work(nc: Any) -> BusBacklog:
         return await _backlog(nc.jetstream(timeout=config.connect_timeout_seconds), config)
 
-    return _run(config, work, reconnect_attempts=1)
+    return run_on_bus(config, work, reconnect_attempts=1)
 
 
 def report_bus_error(config: BusConfig | None) -> str | None:
@@ -344,6 +344,6 @@ def ingest_bus(store: Store, config: BusConfig, *, max_messages: int | None = No
         return result
 
     try:
-        return _run(config, work)
+        return run_on_bus(config, work)
     finally:
         result.seconds = time.perf_counter() - started
