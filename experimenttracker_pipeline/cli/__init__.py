@@ -100,6 +100,24 @@ def _report_bus_state(settings: Settings, store: Store, out) -> bool:
     return error is None
 
 
+def _serve(settings: Settings, host: str, port: int) -> int:
+    """Metrics and health over HTTP, without Dagster. An unreachable store is reported by the endpoints
+    (store_up 0, health red), not a reason to refuse to start."""
+    from experimenttracker_pipeline.observability.server import serve
+    from experimenttracker_pipeline.stages.ingestion.bus import BusConfig
+
+    store = Store(settings.db_url)
+    try:
+        store.migrate()
+    except StoreUnavailable as exc:
+        print(f"experimenttracker serve: {exc} (serving anyway; /metrics shows store_up 0)", file=sys.stderr)
+    try:
+        serve(store, BusConfig.from_settings(settings), host, port, ready=lambda line: print(line, flush=True))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc}") from exc
+    return 0
+
+
 def contiguous_chunks(ordered_keys: Sequence[str], wanted: Sequence[str], per_run: int) -> list[list[str]]:
     """Group the wanted partition keys into runs of at most ``per_run`` keys that are adjacent in the partition
     order (a ranged run covers every key between its ends)."""
@@ -243,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signoff.add_argument("--approver", required=True, help="who signs off")
     signoff.add_argument("--report", required=True, dest="report_id", help="the EXPERIMENT_RESULT report_id approved")
     signoff.add_argument("--note", default=None)
+    serve = sub.add_parser("serve", help="serve Prometheus metrics (/metrics) and the health check "
+                                         "(/internal/health/experimenttracker) until interrupted")
+    serve.add_argument("--host", default=None, help="address to listen on (default EXPERIMENTTRACKER_SERVE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default EXPERIMENTTRACKER_SERVE_PORT or 9496)")
     cli_governance.register(sub)
     args = parser.parse_args(argv)
     try:
@@ -298,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(ensure_instance_home(settings, Path(args.home).resolve() if args.home else None))
             return 0
+        if args.command == "serve":
+            return _serve(settings, args.host or settings.serve_host,
+                          settings.serve_port if args.port is None else args.port)
         if args.command == "migrate":
             applied = _store(settings).migrate()
             print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
