@@ -63,7 +63,8 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
         instance=instance, raise_on_error=False, run_config=ingest_config)
     print(f"ingest_job: {'success' if ingest.success else 'FAILED'} (run {ingest.run_id})", file=out)
     ok &= ingest.success
-    targets = list(experiment_ids) if experiment_ids else [r["experiment_id"] for r in store.experiment_rows()]
+    targets = list(experiment_ids) if experiment_ids else [
+        r["experiment_id"] for r in store.experiment_rows() if r["status"] != "paused"]
     experiment_job = definitions.resolve_job_def("experiment_job")
     for experiment_id in targets:
         if experiment_id not in instance.get_dynamic_partitions("experiments"):
@@ -265,6 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "(/internal/health/experimenttracker) until interrupted")
     serve.add_argument("--host", default=None, help="address to listen on (default EXPERIMENTTRACKER_SERVE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default EXPERIMENTTRACKER_SERVE_PORT or 9496)")
+    for name, text in (("pause", "pause an experiment: no pairing, evaluation or stall reports until `resume` (its "
+                                  "reports keep being ingested)"),
+                       ("resume", "resume a paused experiment")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("experiment_id")
     cli_governance.register(sub)
     args = parser.parse_args(argv)
     try:
@@ -319,6 +325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
             print(ensure_instance_home(settings, Path(args.home).resolve() if args.home else None))
+            return 0
+        if args.command in ("pause", "resume"):
+            store = _store(settings)
+            row = store.get_experiment_row(args.experiment_id)
+            if row is None:
+                raise CliError(f"unknown experiment {args.experiment_id!r}")
+            wanted = "paused" if args.command == "pause" else "active"
+            if args.command == "resume" and row["status"] != "paused":
+                raise CliError(f"{args.experiment_id} is {row['status']}, not paused")
+            store.set_experiment_status(args.experiment_id, wanted)
+            print(f"{args.experiment_id}: {row['status']} -> {wanted}")
             return 0
         if args.command == "serve":
             return _serve(settings, args.host or settings.serve_host,
