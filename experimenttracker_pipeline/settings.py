@@ -153,7 +153,7 @@ class Settings:
     bus_stream: str = "REPORTS"
     bus_subjects: tuple[str, ...] = DEFAULT_BUS_SUBJECTS
     bus_consumer: str = "experimenttracker"
-    bus_batch_size: int = 500
+    bus_batch_size: int = 1000
     bus_max_per_run: int = 50_000
     bus_ack_wait_seconds: float = 60.0
     bus_creds_file: Path | None = None
@@ -191,7 +191,7 @@ class Settings:
             bus_stream=env.name("EXPERIMENTTRACKER_BUS_STREAM", "REPORTS"),
             bus_subjects=env.subjects("EXPERIMENTTRACKER_BUS_SUBJECTS", DEFAULT_BUS_SUBJECTS),
             bus_consumer=env.name("EXPERIMENTTRACKER_BUS_CONSUMER", "experimenttracker"),
-            bus_batch_size=_at_most("EXPERIMENTTRACKER_BUS_BATCH_SIZE", env.whole("EXPERIMENTTRACKER_BUS_BATCH_SIZE", 500), 10_000),
+            bus_batch_size=_at_most("EXPERIMENTTRACKER_BUS_BATCH_SIZE", env.whole("EXPERIMENTTRACKER_BUS_BATCH_SIZE", 1000), 10_000),
             bus_max_per_run=env.whole("EXPERIMENTTRACKER_BUS_MAX_PER_RUN", 50_000),
             bus_ack_wait_seconds=env.number("EXPERIMENTTRACKER_BUS_ACK_WAIT_SECONDS", 60.0),
             bus_creds_file=env.file("EXPERIMENTTRACKER_BUS_CREDS_FILE"),

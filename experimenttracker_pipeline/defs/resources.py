@@ -82,7 +82,7 @@ class ReportBusResource(dg.ConfigurableResource):
     stream: str = "REPORTS"
     subjects: list[str] = ["polytraders.reports.>"]
     consumer: str = "experimenttracker"
-    batch_size: int = 500
+    batch_size: int = 1000
     max_per_run: int = 50_000
     ack_wait_seconds: float = 60.0
     creds_file: str | None = None

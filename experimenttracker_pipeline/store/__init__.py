@@ -254,6 +254,7 @@ class Store:
         seqs = [seq for seq, _ in deliveries]
         with self.begin() as conn:
             if self.dialect == "postgresql":
+                # Taken before the sequence probe: two consumers of one stream must not both store a redelivery.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423002)"))
             known = self._known_sequences(conn, stream, seqs)
             fresh: dict[int, Fill | QuarantineRow | None] = {}
@@ -276,12 +277,23 @@ class Store:
                 outcome = ("quarantined" if seq in stored.quarantined_lines else
                            "accepted" if seq in stored.accepted_lines else "duplicate")
                 outcomes.append((seq, outcome))
-            conn.execute(sa.text("INSERT INTO bus_messages (stream, stream_seq, batch_id, outcome) VALUES (:s, :q, :b, :o)"),
-                         [{"s": stream, "q": seq, "b": stored.batch_id, "o": outcome} for seq, outcome in outcomes])
+            self._insert_bus_messages(conn, [(stream, seq, stored.batch_id, outcome) for seq, outcome in outcomes])
         account = stored.account
         return BusBatchAccount(messages=len(deliveries), accepted=account.accepted, duplicates=account.duplicates,
                                quarantined=account.quarantined, ignored=len(ignored), redelivered=redelivered,
                                batch_id=stored.batch_id, quarantine_reasons=stored.quarantine_reasons)
+
+    def _insert_bus_messages(self, conn: Connection, rows: Sequence[tuple[str, int, int, str]]) -> None:
+        if not rows:
+            return
+        cursor = conn.connection.driver_connection.cursor()
+        if self.dialect == "postgresql":  # one COPY, not one round trip per message
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows(rows)
+            buffer.seek(0)
+            cursor.copy_expert("COPY bus_messages (stream, stream_seq, batch_id, outcome) FROM STDIN WITH (FORMAT csv)", buffer)
+        else:
+            cursor.executemany("INSERT INTO bus_messages (stream, stream_seq, batch_id, outcome) VALUES (?, ?, ?, ?)", rows)
 
     def _known_sequences(self, conn: Connection, stream: str, seqs: Sequence[int]) -> set[int]:
         query = sa.text("SELECT stream_seq FROM bus_messages WHERE stream = :s AND stream_seq IN :q").bindparams(

@@ -54,7 +54,7 @@ class BusConfig:
     stream: str = "REPORTS"
     subjects: tuple[str, ...] = ("polytraders.reports.>",)
     consumer: str = "experimenttracker"
-    batch_size: int = 500
+    batch_size: int = 1000
     max_per_run: int = 50_000
     ack_wait_seconds: float = 60.0
     creds_file: Path | None = None
@@ -323,23 +323,43 @@ def ingest_bus(store: Store, config: BusConfig, *, max_messages: int | None = No
         subscription = await js.pull_subscribe_bind(durable=config.consumer, stream=config.stream)
         import nats.errors
 
-        while result.messages < limit:
-            store.ping()  # an unreachable store: fetch nothing, so nothing is delivered in vain
-            want = min(config.batch_size, limit - result.messages)
-            try:
-                messages = await subscription.fetch(batch=want, timeout=fetch_timeout)
-            except nats.errors.TimeoutError:
-                break  # nothing waiting
-            deliveries, raw = [], {}
-            for message in messages:
-                seq = int(message.metadata.sequence.stream)
-                raw[seq] = message.data
-                deliveries.append((seq, classify(seq, message.data)))
-            for account in store_deliveries(store, config.stream, deliveries, raw, run_id):
+        store.ping()  # an unreachable store: fetch nothing, so nothing is delivered in vain
+        fetched = 0
+        in_flight: tuple[asyncio.Task, list] | None = None  # the previous batch, being stored
+
+        async def settle() -> None:
+            # Only after the commit: a crash before these acks redelivers messages the ledger already knows.
+            task, messages = in_flight
+            for account in await task:
                 result.add(account)
-            # Only now, after the commit: a crash before these acks redelivers messages the ledger already knows.
             for message in messages:
                 await message.ack()
+
+        try:
+            while fetched < limit:
+                want = min(config.batch_size, limit - fetched)
+                try:
+                    messages = await subscription.fetch(batch=want, timeout=fetch_timeout)
+                except nats.errors.TimeoutError:
+                    break  # nothing waiting
+                fetched += len(messages)
+                deliveries, raw = [], {}
+                for message in messages:
+                    seq = int(message.metadata.sequence.stream)
+                    raw[seq] = message.data
+                    deliveries.append((seq, classify(seq, message.data)))
+                if in_flight is not None:
+                    await settle()
+                # Store this batch in a worker thread while the next one is fetched and validated: the database
+                # round trips overlap with the bus and with validation. One batch in flight keeps commits in order.
+                in_flight = (asyncio.create_task(asyncio.to_thread(
+                    store_deliveries, store, config.stream, deliveries, raw, run_id)), messages)
+            if in_flight is not None:
+                await settle()
+                in_flight = None
+        finally:
+            if in_flight is not None:  # an error elsewhere: let the store finish, ack nothing more
+                await asyncio.gather(in_flight[0], return_exceptions=True)
         await nc.flush(timeout=max(config.connect_timeout_seconds, 5.0))
         return result
 
