@@ -61,6 +61,11 @@ class BusConfig:
     tls_ca_file: Path | None = None
     connect_timeout_seconds: float = 2.0
 
+    @property
+    def api_timeout_seconds(self) -> float:
+        """JetStream API calls once connected: a loaded server may take seconds; reaching it is bounded by connect."""
+        return max(self.connect_timeout_seconds, 5.0)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> "BusConfig | None":
         """The bus settings, or None when EXPERIMENTTRACKER_BUS_URL is unset (no bus)."""
@@ -224,7 +229,7 @@ def consumer_backlog(config: BusConfig) -> BusBacklog:
     """The consumer's pending counts (what the bus sensor and the metrics read). Raises ReportBusUnavailable."""
 
     async def work(nc: Any) -> BusBacklog:
-        return await _backlog(nc.jetstream(timeout=config.connect_timeout_seconds), config)
+        return await _backlog(nc.jetstream(timeout=config.api_timeout_seconds), config)
 
     return run_on_bus(config, work, reconnect_attempts=1)
 
@@ -317,7 +322,7 @@ def ingest_bus(store: Store, config: BusConfig, *, max_messages: int | None = No
     result = BusIngestionResult()
 
     async def work(nc: Any) -> BusIngestionResult:
-        js = nc.jetstream(timeout=max(config.connect_timeout_seconds, 5.0))
+        js = nc.jetstream(timeout=config.api_timeout_seconds)
         backlog = await _backlog(js, config)
         limit = max_messages if max_messages is not None else max(backlog.outstanding, 1)
         subscription = await js.pull_subscribe_bind(durable=config.consumer, stream=config.stream)
@@ -360,7 +365,7 @@ def ingest_bus(store: Store, config: BusConfig, *, max_messages: int | None = No
         finally:
             if in_flight is not None:  # an error elsewhere: let the store finish, ack nothing more
                 await asyncio.gather(in_flight[0], return_exceptions=True)
-        await nc.flush(timeout=max(config.connect_timeout_seconds, 5.0))
+        await nc.flush(timeout=config.api_timeout_seconds)
         return result
 
     try:

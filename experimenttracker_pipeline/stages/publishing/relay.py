@@ -42,7 +42,7 @@ def publish_outbox(store: Store, config: BusConfig, *, page: int = 500, limit: i
     started = time.perf_counter()
 
     async def work(nc: Any) -> RelayResult:
-        js = nc.jetstream(timeout=max(config.connect_timeout_seconds, 5.0))
+        js = nc.jetstream(timeout=config.api_timeout_seconds)
         await ensure_stream(js, config)
         while limit is None or result.published + result.already_on_bus < limit:
             rows = store.unpublished_reports(page if limit is None else min(page, limit - result.published - result.already_on_bus))

@@ -1,6 +1,6 @@
-"""Fixtures for the live tests: a private NATS JetStream server per test (its own port and storage folder, so a
-test can stop and restart it), publishing helpers, and free ports. `nats-server` must be installed
-(`/usr/sbin/nats-server`, Debian package `nats-server`); the tests fail, never skip, without it."""
+"""A private NATS JetStream server for tests (its own port and storage folder, so a test can stop and restart it),
+and helpers to publish to and read from its streams. `nats-server` must be installed (`/usr/sbin/nats-server`,
+Debian package `nats-server`); the tests that need it fail, never skip, without it."""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
-
-import pytest
-
-from experimenttracker_pipeline.stages.ingestion.bus import BusConfig
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -69,20 +64,6 @@ class NatsServer:
                 self.process.wait()
         self.process = None
         wait_for_port(self.port, up=False)
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    assert Path(NATS_SERVER).exists(), "nats-server is required (apt-get install -y nats-server)"
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def bus_config(nats_server: NatsServer) -> BusConfig:
-    return BusConfig(url=nats_server.url, batch_size=50, ack_wait_seconds=1.0, connect_timeout_seconds=1.0)
 
 
 def publish(url: str, messages: list, *, subject: str = "polytraders.reports.fills", stream: str = "REPORTS",

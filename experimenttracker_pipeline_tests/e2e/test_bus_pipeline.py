@@ -9,16 +9,14 @@ import os
 import random
 import subprocess
 import sys
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from experimenttracker_pipeline.store import Store
-from experimenttracker_pipeline_tests.conftest import declaration, fill
-from experimenttracker_pipeline_tests.live.conftest import publish, read_subject
+from experimenttracker_pipeline_tests.builders import declaration, fill
+from experimenttracker_pipeline_tests.support.nats import publish, read_subject
 
 OPERATIONS = "polytraders.reports.operations"
 DEVELOPER = "polytraders.reports.developer"
@@ -139,36 +137,15 @@ def test_recipe_insufficient_samples_keeps_sampling(tmp_path, live_env, nats_ser
     assert not [r for r in reports if r["event_type"] == "EXPERIMENT_RESULT" and r.get("verdict") == "variant_wins"]
 
 
-class _Registry(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):  # noqa: N802 - the http.server API
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((self.headers.get("Idempotency-Key"), json.loads(body)))
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args):
-        pass
-
-
-def test_recipe_drift_signal_reaches_the_registry(tmp_path, live_env, nats_server):
+def test_recipe_drift_signal_reaches_the_registry(tmp_path, live_env, nats_server, registry_server):
     """Spec section 19, DRIFT_SIGNAL: 50 samples with edge delta below -5 bps -> the registry gets the signal."""
-    _Registry.received = []
-    registry = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
-    thread = threading.Thread(target=registry.serve_forever, daemon=True)
-    thread.start()
-    try:
-        live_env["EXPERIMENTTRACKER_REGISTRY_URL"] = f"http://127.0.0.1:{registry.server_address[1]}/signals"
-        declare(live_env, "exp_drift", min_samples_for_decision=50)
-        publish(nats_server.url, pairs(50, -6.0, sd=0.5))
-        run_cli(live_env, "run")
-        run_cli(live_env, "run")
-    finally:
-        registry.shutdown()
-    assert len(_Registry.received) == 1
-    key, payload = _Registry.received[0]
+    live_env["EXPERIMENTTRACKER_REGISTRY_URL"] = registry_server.url
+    declare(live_env, "exp_drift", min_samples_for_decision=50)
+    publish(nats_server.url, pairs(50, -6.0, sd=0.5))
+    run_cli(live_env, "run")
+    run_cli(live_env, "run")
+    assert len(registry_server.received) == 1
+    key, payload = registry_server.received[0]
     assert key and payload["experiment_id"] == "exp_drift" and payload["variant_slug"] == "v-slug"
     kinds = Counter(m["payload"]["event_type"] for m in on_bus(nats_server.url, OPERATIONS))
     assert kinds["EXPERIMENT_DRIFT_SIGNAL"] == 1

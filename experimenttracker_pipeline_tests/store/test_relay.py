@@ -10,7 +10,7 @@ import pytest
 from experimenttracker_pipeline.settings import DEVELOPER_TOPIC, OPERATIONS_TOPIC
 from experimenttracker_pipeline.stages.ingestion import bus
 from experimenttracker_pipeline.stages.publishing.relay import ReportPublishError, publish_outbox
-from experimenttracker_pipeline_tests.live.conftest import publish, read_subject
+from experimenttracker_pipeline_tests.support.nats import publish, read_subject
 
 
 def emit(store, n: int, *, start: int = 0) -> list[str]:

@@ -15,8 +15,8 @@ import pytest
 
 from experimenttracker_pipeline.stages.ingestion import bus
 from experimenttracker_pipeline.store import Store, StoreUnavailable
-from experimenttracker_pipeline_tests.conftest import fill
-from experimenttracker_pipeline_tests.live.conftest import free_port, publish
+from experimenttracker_pipeline_tests.builders import fill
+from experimenttracker_pipeline_tests.support.nats import free_port, publish
 
 
 def fills(n: int, prefix: str = "r") -> list[dict]:

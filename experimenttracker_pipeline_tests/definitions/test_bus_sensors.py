@@ -15,8 +15,8 @@ from experimenttracker_pipeline.defs.resources import (
 )
 from experimenttracker_pipeline.stages.declarations.registration import sync_declarations
 from experimenttracker_pipeline.stages.ingestion.bus import ingest_bus
-from experimenttracker_pipeline_tests.conftest import declaration, fill
-from experimenttracker_pipeline_tests.live.conftest import publish
+from experimenttracker_pipeline_tests.builders import declaration, fill
+from experimenttracker_pipeline_tests.support.nats import publish
 
 
 def _bus(nats_server) -> ReportBusResource:

@@ -1,17 +1,10 @@
-"""Metrics, health and `experimenttracker serve`: the spec's metric names, types and labels with values read from
-the store (checked against independently computed figures), the health states, and the server as a process."""
+"""Metrics and health read from the store: the spec's metric names, types and labels with values checked against
+independently computed figures, and the health states (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
@@ -29,27 +22,11 @@ from experimenttracker_pipeline.stages.intervals.evaluation import compute_inter
 from experimenttracker_pipeline.stages.samples.recording import record_samples
 from experimenttracker_pipeline.stages.verdict.decision import decide
 from experimenttracker_pipeline.store import Store
-from experimenttracker_pipeline_tests.conftest import declaration, fill, write_jsonl
-from experimenttracker_pipeline_tests.live.conftest import free_port, publish, wait_for_port
+from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
+from experimenttracker_pipeline_tests.support.nats import free_port, publish
+from experimenttracker_pipeline_tests.support.pipeline import evaluated_experiment
 
 P = "polytraders_gov_experimenttracker_"
-
-
-def _experiment(store, workdirs, exp_id: str, deltas, **decl) -> None:
-    (workdirs["experiments"] / f"{exp_id}.yaml").write_text(
-        declaration(exp_id, variant_slug=f"{exp_id}-v", control_slug=f"{exp_id}-c", **decl))
-    sync_declarations(store, workdirs["experiments"])
-    records = []
-    for i, delta in enumerate(deltas):
-        records.append(fill(f"{exp_id}-c{i}", f"{exp_id}-c", "live", f"{exp_id}:{i}", edge=1.0, t=i * 1000))
-        records.append(fill(f"{exp_id}-v{i}", f"{exp_id}-v", "shadow", f"{exp_id}:{i}", edge=1.0 + float(delta) / 100, t=i * 1000 + 1))
-    write_jsonl(workdirs["landing"] / f"{exp_id}.jsonl", records)
-    ingest_landing(store, workdirs["landing"])
-    record_samples(store, exp_id)
-    compute_intervals(store, exp_id)
-    compute_causal(store, exp_id)
-    decide(store, exp_id)
-    signal_drift(store, exp_id, TableStrategyRegistry())
 
 
 def scrape(store, bus=None) -> dict:
@@ -68,9 +45,9 @@ def populated(store, workdirs):
     winner = 3.0 + rng.normal(0, 1.0, 60)
     loser = -6.0 + rng.normal(0, 0.5, 60)
     small = 1.0 + rng.normal(0, 1.0, 10)
-    _experiment(store, workdirs, "exp_win", winner, min_samples_for_decision=30)
-    _experiment(store, workdirs, "exp_lose", loser, min_samples_for_decision=30)
-    _experiment(store, workdirs, "exp_small", small, min_samples_for_decision=1000)
+    evaluated_experiment(store, workdirs, "exp_win", winner, min_samples_for_decision=30)
+    evaluated_experiment(store, workdirs, "exp_lose", loser, min_samples_for_decision=30)
+    evaluated_experiment(store, workdirs, "exp_small", small, min_samples_for_decision=1000)
     write_jsonl(workdirs["landing"] / "junk.jsonl", ["{bad", "[1]", "{bad again"])
     ingest_landing(store, workdirs["landing"])
     return {"exp_win": winner, "exp_lose": loser, "exp_small": small}
@@ -163,42 +140,3 @@ def test_a_drift_signal_stuck_in_delivery_turns_health_red(store, workdirs):
     assert check_health(store, None, clock=lambda: now).checks["registry_deliveries"]["ok"]
     later = check_health(store, None, clock=lambda: now + 20 * 60)
     assert later.state == "red" and later.checks["registry_deliveries"]["failing"] == 1
-
-
-def _get(url: str) -> tuple[int, str, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.headers["Content-Type"], response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers["Content-Type"], exc.read().decode()
-
-
-def test_serve_is_a_small_dagster_free_process(store, populated, tmp_path):
-    check = subprocess.run([sys.executable, "-c", "import sys, experimenttracker_pipeline.cli as c, "
-                            "experimenttracker_pipeline.observability.server; print('dagster' in sys.modules)"],
-                           capture_output=True, text=True, check=True)
-    assert check.stdout.strip() == "False"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPERIMENTTRACKER_")}
-    env.update({"EXPERIMENTTRACKER_DB_URL": store.url, "EXPERIMENTTRACKER_DATA_DIR": str(tmp_path / "d")})
-    ports = [free_port(), free_port()]
-    servers = [subprocess.Popen([sys.executable, "-m", "experimenttracker_pipeline.cli", "serve", "--port", str(p)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in ports]
-    try:
-        for port in ports:
-            wait_for_port(port, up=True, timeout=60)
-        bodies = []
-        for port in ports:
-            status, content_type, body = _get(f"http://127.0.0.1:{port}/metrics")
-            assert status == 200 and content_type.startswith("text/plain")
-            for name in ("experiments_total", "samples_total", "edge_delta_bps", "drift_signals_total"):
-                assert f"# TYPE {P}{name}" in body or f"# TYPE {P}{name.removesuffix('_total')}" in body
-            bodies.append([l for l in body.splitlines() if "last_sample_age" not in l])
-        assert bodies[0] == bodies[1]  # two processes, one truth: the store
-        status, content_type, body = _get(f"http://127.0.0.1:{ports[0]}/internal/health/experimenttracker")
-        assert status == 200 and content_type == "application/json" and json.loads(body)["state"] == "green"
-        assert _get(f"http://127.0.0.1:{ports[0]}/nope")[0] == 404
-    finally:
-        for server in servers:
-            server.send_signal(signal.SIGTERM)
-        codes = [server.wait(timeout=20) for server in servers]
-    assert codes == [0, 0]

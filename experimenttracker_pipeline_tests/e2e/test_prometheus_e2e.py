@@ -22,9 +22,9 @@ import yaml
 
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
 from experimenttracker_pipeline.stages.samples.recording import record_samples
-from experimenttracker_pipeline_tests.conftest import fill, write_jsonl
-from experimenttracker_pipeline_tests.live.conftest import free_port, wait_for_port
-from experimenttracker_pipeline_tests.live.test_observability import _experiment
+from experimenttracker_pipeline_tests.builders import fill, write_jsonl
+from experimenttracker_pipeline_tests.support.nats import free_port, wait_for_port
+from experimenttracker_pipeline_tests.support.pipeline import evaluated_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -62,9 +62,9 @@ def test_prometheus_scrapes_serve_and_the_stalled_alert_fires_when_samples_stop(
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     store.migrate()
     rng = np.random.default_rng(11)
-    _experiment(store, workdirs, "exp_win", 3 + rng.normal(0, 1, 40), min_samples_for_decision=30)
-    _experiment(store, workdirs, "exp_lose", -6 + rng.normal(0, 0.5, 40), min_samples_for_decision=30)
-    _experiment(store, workdirs, "exp_flow", 1 + rng.normal(0, 1, 5), min_samples_for_decision=1000)
+    evaluated_experiment(store, workdirs, "exp_win", 3 + rng.normal(0, 1, 40), min_samples_for_decision=30)
+    evaluated_experiment(store, workdirs, "exp_lose", -6 + rng.normal(0, 0.5, 40), min_samples_for_decision=30)
+    evaluated_experiment(store, workdirs, "exp_flow", 1 + rng.normal(0, 1, 5), min_samples_for_decision=1000)
     for finished in ("exp_win", "exp_lose"):  # only exp_flow is expected to keep sampling
         store.set_experiment_status(finished, "paused")
 
