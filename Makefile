@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install dev benchmarks clean
+.PHONY: demo test test-fast install dev benchmarks clean live-tools serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ demo: $(STAMP)
 PYTEST := $(BIN)/pytest -n 2 --dist loadfile -q -p no:cacheprovider
 TESTS := experimenttracker_pipeline_tests
 
-test: $(STAMP)
+# The live tests need nats-server (they start private ones) and promtool/prometheus: installed when missing.
+live-tools:
+	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || apt-get install -y nats-server
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt-get install -y prometheus
+
+test: $(STAMP) live-tools
 	$(PYTEST) $(PYTEST_ARGS) $(TESTS)
 
 test-fast: $(STAMP)
@@ -36,6 +41,12 @@ dev: $(STAMP)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/calibration.py
+	$(BIN)/python benchmarks/bus_ingest.py
+	$(BIN)/python benchmarks/metrics_scrape.py
+
+# Prometheus metrics and the health check of the same data folder (see README "Running it live").
+serve: $(STAMP)
+	$(BIN)/experimenttracker serve
 
 clean:
 	rm -rf data .pytest_cache

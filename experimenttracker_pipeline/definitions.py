@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from experimenttracker_pipeline.defs.bus import report_bus_sensor, report_relay_job, report_relay_sensor
 from experimenttracker_pipeline.defs.causal_effects import causal_estimates
 from experimenttracker_pipeline.defs.declarations import experiments
 from experimenttracker_pipeline.defs.drift import drift_signals
@@ -23,12 +24,13 @@ ASSETS = [experiments, raw_reports, experiment_samples, confidence_intervals, ca
           promotions]
 ASSET_CHECKS = [samples_hash_chain_intact, promotions_have_signoff]
 JOBS = [ingest_job, declarations_job, reports_job, samples_job, evaluation_job, experiment_job, signoff_job,
-        signal_delivery_job]
+        signal_delivery_job, report_relay_job]
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
-    return dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=JOBS, sensors=SENSORS,
+    return dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=JOBS,
+                          sensors=[*SENSORS, report_bus_sensor, report_relay_sensor],
                           resources=build_resources(settings))
 
 

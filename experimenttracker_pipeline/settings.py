@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
@@ -15,6 +16,7 @@ from typing import Mapping
 BOT_ID = "gov.experimenttracker"
 OPERATIONS_TOPIC = "polytraders.reports.operations"
 DEVELOPER_TOPIC = "polytraders.reports.developer"
+DEFAULT_BUS_SUBJECTS = ("polytraders.reports.>",)
 
 
 class SettingsError(ValueError):
@@ -73,6 +75,42 @@ class _Env:
             raise SettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
         return raw
 
+    def bus_url(self, name: str) -> str | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        for server in raw.split(","):
+            scheme, sep, rest = server.strip().partition("://")
+            if not sep or scheme not in ("nats", "tls", "ws", "wss") or not rest:
+                raise SettingsError(f"{name}={raw!r}: each server must be nats://, tls://, ws:// or wss://host:port")
+        return raw
+
+    def subjects(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        subjects = tuple(s.strip() for s in raw.split(","))
+        for subject in subjects:
+            tokens = subject.split(".")
+            if not subject or any(not t or " " in t for t in tokens) or (">" in tokens and tokens.index(">") != len(tokens) - 1):
+                raise SettingsError(f"{name}={raw!r}: {subject!r} is not a NATS subject (dot-separated tokens, '>' only last)")
+        return subjects
+
+    def name(self, name: str, default: str) -> str:
+        raw = self.text(name) or default
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", raw):
+            raise SettingsError(f"{name}={raw!r} must be 1-64 letters, digits, '-' or '_'")
+        return raw
+
+    def file(self, name: str) -> Path | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        path = Path(raw).expanduser().resolve()
+        if not path.is_file():
+            raise SettingsError(f"{name}={raw!r} is not a readable file")
+        return path
+
     def db_url(self, name: str, default: str | None) -> str | None:
         raw = self.text(name) or default
         if raw is None:
@@ -80,6 +118,12 @@ class _Env:
         if "://" not in raw:
             raise SettingsError(f"{name}={raw!r} is not an SQLAlchemy URL")
         return normalise_db_url(raw)
+
+
+def _at_most(name: str, value: int, limit: int) -> int:
+    if value > limit:
+        raise SettingsError(f"{name}={value} must be <= {limit}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -104,6 +148,20 @@ class Settings:
     dagster_home: Path | None = None
     dagster_pg_url: str | None = None
     dagster_pg_password: str | None = None
+    # The report bus (NATS JetStream); bus_url None: no bus, the landing folder is the only report source.
+    bus_url: str | None = None
+    bus_stream: str = "REPORTS"
+    bus_subjects: tuple[str, ...] = DEFAULT_BUS_SUBJECTS
+    bus_consumer: str = "experimenttracker"
+    bus_batch_size: int = 1000
+    bus_max_per_run: int = 50_000
+    bus_ack_wait_seconds: float = 60.0
+    bus_creds_file: Path | None = None
+    bus_tls_ca_file: Path | None = None
+    bus_connect_timeout_seconds: float = 2.0
+    # `experimenttracker serve` (metrics and health).
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 9496
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -129,6 +187,18 @@ class Settings:
             dagster_home=Path(home).resolve() if home else None,
             dagster_pg_url=env.db_url("EXPERIMENTTRACKER_DAGSTER_PG_URL", None),
             dagster_pg_password=env.text("EXPERIMENTTRACKER_DAGSTER_PG_PASSWORD"),
+            bus_url=env.bus_url("EXPERIMENTTRACKER_BUS_URL"),
+            bus_stream=env.name("EXPERIMENTTRACKER_BUS_STREAM", "REPORTS"),
+            bus_subjects=env.subjects("EXPERIMENTTRACKER_BUS_SUBJECTS", DEFAULT_BUS_SUBJECTS),
+            bus_consumer=env.name("EXPERIMENTTRACKER_BUS_CONSUMER", "experimenttracker"),
+            bus_batch_size=_at_most("EXPERIMENTTRACKER_BUS_BATCH_SIZE", env.whole("EXPERIMENTTRACKER_BUS_BATCH_SIZE", 1000), 10_000),
+            bus_max_per_run=env.whole("EXPERIMENTTRACKER_BUS_MAX_PER_RUN", 50_000),
+            bus_ack_wait_seconds=env.number("EXPERIMENTTRACKER_BUS_ACK_WAIT_SECONDS", 60.0),
+            bus_creds_file=env.file("EXPERIMENTTRACKER_BUS_CREDS_FILE"),
+            bus_tls_ca_file=env.file("EXPERIMENTTRACKER_BUS_TLS_CA_FILE"),
+            bus_connect_timeout_seconds=env.number("EXPERIMENTTRACKER_BUS_CONNECT_TIMEOUT_SECONDS", 2.0),
+            serve_host=env.text("EXPERIMENTTRACKER_SERVE_HOST") or "127.0.0.1",
+            serve_port=_at_most("EXPERIMENTTRACKER_SERVE_PORT", env.whole("EXPERIMENTTRACKER_SERVE_PORT", 9496), 65535),
         )
 
     @property

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 
 from experimenttracker_pipeline.defs.resources import forget_stores
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.ingestion.bus import BusConfig
+from experimenttracker_pipeline_tests.support.nats import NATS_SERVER, NatsServer
 from experimenttracker_pipeline_tests.support.postgres import PG_ADMIN_URL
 from experimenttracker_pipeline_tests.support.registry_server import RegistryServer
 
@@ -95,3 +97,19 @@ def registry_server() -> Iterator[RegistryServer]:
     server = RegistryServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A private `nats-server -js` on a free port with its own storage; tests may stop() and start() it."""
+    assert Path(NATS_SERVER).exists(), "nats-server is required (apt-get install -y nats-server)"
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bus_config(nats_server: NatsServer) -> BusConfig:
+    """The report bus settings for the private server: small batches, 1 s ack wait, quick outage detection."""
+    return BusConfig(url=nats_server.url, batch_size=50, ack_wait_seconds=1.0, connect_timeout_seconds=1.0)

@@ -57,11 +57,14 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
     definitions = build_definitions(settings)
     ok = True
     run_config = None if verbose else QUIET_RUN_CONFIG
+    bus_up = _report_bus_state(settings, store, out)
+    ingest_config = {**(run_config or {}), "ops": {"raw_reports": {"config": {"bus_drain": True}}}}
     ingest = definitions.resolve_job_def("ingest_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config)
+        instance=instance, raise_on_error=False, run_config=ingest_config)
     print(f"ingest_job: {'success' if ingest.success else 'FAILED'} (run {ingest.run_id})", file=out)
     ok &= ingest.success
-    targets = list(experiment_ids) if experiment_ids else [r["experiment_id"] for r in store.experiment_rows()]
+    targets = list(experiment_ids) if experiment_ids else [
+        r["experiment_id"] for r in store.experiment_rows() if r["status"] != "paused"]
     experiment_job = definitions.resolve_job_def("experiment_job")
     for experiment_id in targets:
         if experiment_id not in instance.get_dynamic_partitions("experiments"):
@@ -70,7 +73,50 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
             instance=instance, partition_key=experiment_id, raise_on_error=False, run_config=run_config)
         print(f"experiment_job[{experiment_id}]: {'success' if result.success else 'FAILED'} (run {result.run_id})", file=out)
         ok &= result.success
+    if bus_up:
+        relay = definitions.resolve_job_def("report_relay_job").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config)
+        print(f"report_relay_job: {'success' if relay.success else 'FAILED'} (run {relay.run_id}; "
+              f"{store.unpublished_count()} reports unpublished)", file=out)
+        ok &= relay.success
     return ok
+
+
+def _report_bus_state(settings: Settings, store: Store, out) -> bool:
+    """With a report bus configured: stall every active experiment while it cannot be reached
+    (EXPERIMENT_STALLED once, REPORT_BUS_UNAVAILABLE), resume them when it answers. True when the bus is up."""
+    import time
+
+    from experimenttracker_pipeline.stages.ingestion.bus import BusConfig, report_bus_error
+    from experimenttracker_pipeline.stages.stalls.episodes import apply_bus_state
+
+    config = BusConfig.from_settings(settings)
+    if config is None:
+        return False
+    error = report_bus_error(config)
+    for report in apply_bus_state(store, error, int(time.time() * 1000)):
+        print(f"{report['event_type']} {report['experiment_id']} ({report['reason']})", file=out)
+    if error:
+        print(f"report bus unavailable: {error}; samples wait on the bus, experiments resume when it answers", file=out)
+    return error is None
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
+    """Metrics and health over HTTP, without Dagster. An unreachable store is reported by the endpoints
+    (store_up 0, health red), not a reason to refuse to start."""
+    from experimenttracker_pipeline.observability.server import serve
+    from experimenttracker_pipeline.stages.ingestion.bus import BusConfig
+
+    store = Store(settings.db_url)
+    try:
+        store.migrate()
+    except StoreUnavailable as exc:
+        print(f"experimenttracker serve: {exc} (serving anyway; /metrics shows store_up 0)", file=sys.stderr)
+    try:
+        serve(store, BusConfig.from_settings(settings), host, port, ready=lambda line: print(line, flush=True))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc}") from exc
+    return 0
 
 
 def contiguous_chunks(ordered_keys: Sequence[str], wanted: Sequence[str], per_run: int) -> list[list[str]]:
@@ -216,6 +262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signoff.add_argument("--approver", required=True, help="who signs off")
     signoff.add_argument("--report", required=True, dest="report_id", help="the EXPERIMENT_RESULT report_id approved")
     signoff.add_argument("--note", default=None)
+    serve = sub.add_parser("serve", help="serve Prometheus metrics (/metrics) and the health check "
+                                         "(/internal/health/experimenttracker) until interrupted")
+    serve.add_argument("--host", default=None, help="address to listen on (default EXPERIMENTTRACKER_SERVE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default EXPERIMENTTRACKER_SERVE_PORT or 9496)")
+    for name, text in (("pause", "pause an experiment: no pairing, evaluation or stall reports until `resume` (its "
+                                  "reports keep being ingested)"),
+                       ("resume", "resume a paused experiment")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("experiment_id")
     cli_governance.register(sub)
     args = parser.parse_args(argv)
     try:
@@ -271,6 +326,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(ensure_instance_home(settings, Path(args.home).resolve() if args.home else None))
             return 0
+        if args.command in ("pause", "resume"):
+            store = _store(settings)
+            row = store.get_experiment_row(args.experiment_id)
+            if row is None:
+                raise CliError(f"unknown experiment {args.experiment_id!r}")
+            wanted = "paused" if args.command == "pause" else "active"
+            if args.command == "resume" and row["status"] != "paused":
+                raise CliError(f"{args.experiment_id} is {row['status']}, not paused")
+            store.set_experiment_status(args.experiment_id, wanted)
+            print(f"{args.experiment_id}: {row['status']} -> {wanted}")
+            return 0
+        if args.command == "serve":
+            return _serve(settings, args.host or settings.serve_host,
+                          settings.serve_port if args.port is None else args.port)
         if args.command == "migrate":
             applied = _store(settings).migrate()
             print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))

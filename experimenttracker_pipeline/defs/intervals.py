@@ -2,6 +2,7 @@
 
 import base64
 import io
+import time
 
 import dagster as dg
 
@@ -81,7 +82,12 @@ def confidence_intervals(context: dg.AssetExecutionContext, store: ExperimentSto
             "variance_reduction": number_or_null((e.get("regression_adjustment") or {}).get("variance_reduction")),
         }
 
-    return for_each_experiment(context, lambda experiment_id: compute_intervals(db, experiment_id), metadata,
-                               ["evaluation_id"])
+    def evaluate(experiment_id: str) -> IntervalsResult:
+        started = time.perf_counter()
+        result = compute_intervals(db, experiment_id)
+        db.record_stage_duration("evaluation", time.perf_counter() - started)  # read by the metrics endpoint
+        return result
+
+    return for_each_experiment(context, evaluate, metadata, ["evaluation_id"])
 
 

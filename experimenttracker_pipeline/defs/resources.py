@@ -75,6 +75,33 @@ class StrategyRegistryResource(dg.ConfigurableResource):
                             backoff_seconds=self.backoff_seconds)
 
 
+class ReportBusResource(dg.ConfigurableResource):
+    """The report bus (NATS JetStream): EXPERIMENTTRACKER_BUS_URL and friends. ``url`` None: no bus configured."""
+
+    url: str | None = None
+    stream: str = "REPORTS"
+    subjects: list[str] = ["polytraders.reports.>"]
+    consumer: str = "experimenttracker"
+    batch_size: int = 1000
+    max_per_run: int = 50_000
+    ack_wait_seconds: float = 60.0
+    creds_file: str | None = None
+    tls_ca_file: str | None = None
+    connect_timeout_seconds: float = 2.0
+
+    def config(self):
+        """The bus configuration, or None when no bus is configured."""
+        from experimenttracker_pipeline.stages.ingestion.bus import BusConfig
+
+        if not self.url:
+            return None
+        return BusConfig(url=self.url, stream=self.stream, subjects=tuple(self.subjects), consumer=self.consumer,
+                         batch_size=self.batch_size, max_per_run=self.max_per_run, ack_wait_seconds=self.ack_wait_seconds,
+                         creds_file=Path(self.creds_file) if self.creds_file else None,
+                         tls_ca_file=Path(self.tls_ca_file) if self.tls_ca_file else None,
+                         connect_timeout_seconds=self.connect_timeout_seconds)
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The resources, every value taken from `Settings` (so the UI, the daemon and the CLI agree)."""
     return {
@@ -83,4 +110,11 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             landing_dir=str(settings.landing_dir), experiments_dir=str(settings.experiments_dir),
             caliper_seconds=settings.caliper_seconds, stall_window_seconds=settings.stall_window_seconds),
         "registry": StrategyRegistryResource(url=settings.registry_url, timeout_ms=settings.registry_timeout_ms),
+        "report_bus": ReportBusResource(
+            url=settings.bus_url, stream=settings.bus_stream, subjects=list(settings.bus_subjects),
+            consumer=settings.bus_consumer, batch_size=settings.bus_batch_size, max_per_run=settings.bus_max_per_run,
+            ack_wait_seconds=settings.bus_ack_wait_seconds,
+            creds_file=str(settings.bus_creds_file) if settings.bus_creds_file else None,
+            tls_ca_file=str(settings.bus_tls_ca_file) if settings.bus_tls_ca_file else None,
+            connect_timeout_seconds=settings.bus_connect_timeout_seconds),
     }

@@ -19,8 +19,10 @@ from experimenttracker_pipeline.defs.jobs import (
 from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource,
     PipelineSettingsResource,
+    ReportBusResource,
     StrategyRegistryResource,
 )
+from experimenttracker_pipeline.stages.ingestion.bus import report_bus_error
 from experimenttracker_pipeline.orchestration import due_work as sensing
 from experimenttracker_pipeline.stages.drift.signal import deliver_pending
 from experimenttracker_pipeline.stages.stalls.episodes import apply_stall_changes
@@ -188,12 +190,17 @@ def sample_threshold_sensor(context: dg.SensorEvaluationContext, store: Experime
 @dg.sensor(minimum_interval_seconds=60, default_status=DEFAULT_STATUS,
            description="Marks experiments stalled when the report bus cannot be read or no samples arrived within "
                        "EXPERIMENTTRACKER_STALL_WINDOW_SECONDS (EXPERIMENT_STALLED once per episode); resumes them on recovery.")
-def stall_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource, settings: PipelineSettingsResource):
+def stall_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource, settings: PipelineSettingsResource,
+                 report_bus: ReportBusResource):
     bus_error = None
-    try:
-        sensing.folder_signature(settings.landing_path, (".jsonl",), recursive=True)
-    except OSError as exc:
-        bus_error = f"report bus archive unreadable: {exc}"
+    bus_config = report_bus.config()
+    if bus_config is not None:
+        bus_error = report_bus_error(bus_config)  # with a live bus, the landing folder is only the backfill path
+    else:
+        try:
+            sensing.folder_signature(settings.landing_path, (".jsonl",), recursive=True)
+        except OSError as exc:
+            bus_error = f"report bus archive unreadable: {exc}"
     now = _now_ms()
     try:
         db = store.get_store()

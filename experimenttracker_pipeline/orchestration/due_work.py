@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 REPORT_BUS_UNAVAILABLE = "REPORT_BUS_UNAVAILABLE"
 NO_SAMPLES_IN_WINDOW = "NO_SAMPLES_IN_WINDOW"
+PAUSED = "paused"  # an operator paused the experiment (`experimenttracker pause`): no pairing, evaluation or stalls
 
 
 def digest(parts: Iterable[Any]) -> str:
@@ -91,7 +92,7 @@ def evaluation_requests(snapshot: Iterable[Mapping[str, Any]], cursor: dict[str,
     out = []
     for row in snapshot:
         experiment_id, samples = row["experiment_id"], int(row["samples"] or 0)
-        if samples < int(row["min_samples_for_decision"]):
+        if row.get("status") == PAUSED or samples < int(row["min_samples_for_decision"]):
             continue
         last = evaluated.get(experiment_id)
         if last is not None and samples < next_evaluation_count(int(last), step_pct=step_pct, step_n=step_n):
@@ -105,6 +106,8 @@ def pairing_requests(snapshot: Iterable[Mapping[str, Any]], new_fills_by_slug: M
     """Experiments that new ingestion batches brought fills for (either arm): pair them."""
     out = []
     for row in snapshot:
+        if row.get("status") == PAUSED:
+            continue  # its fills stay stored and pair when it is resumed
         fills = new_fills_by_slug.get(row["variant_slug"], 0) + new_fills_by_slug.get(row["control_slug"], 0)
         if fills:
             out.append(Request(f"samples:{row['experiment_id']}:{newest_batch}", row["experiment_id"], {"new_fills": fills}))

@@ -81,6 +81,30 @@ class BatchAccount:
 
 
 @dataclass(frozen=True)
+class BusBatchAccount:
+    """One batch of report-bus messages: messages = accepted + duplicates + quarantined + ignored (duplicates
+    include ``redelivered``, messages whose stream sequence was already stored)."""
+
+    messages: int
+    accepted: int
+    duplicates: int
+    quarantined: int
+    ignored: int
+    redelivered: int
+    batch_id: int
+    quarantine_reasons: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _StoredReports:
+    account: BatchAccount
+    batch_id: int
+    accepted_lines: set[int]
+    quarantined_lines: set[int]
+    quarantine_reasons: dict[str, int]
+
+
+@dataclass(frozen=True)
 class QuarantineRow:
     line_number: int
     reason_code: str
@@ -214,10 +238,83 @@ class Store:
                      fills: Sequence[tuple[int, Fill]], rejections: Sequence[QuarantineRow], run_id: str | None = None) -> BatchAccount:
         """Store one chunk of a landing file atomically: accepted fills, duplicates, quarantine rows, the new
         file offset and the chunk's accounting row commit together or not at all."""
-        lines_read = len(fills) + len(rejections)
+        with self.begin() as conn:
+            stored = self._store_reports(conn, source_file=source_file, from_offset=from_offset, to_offset=to_offset,
+                                         first_line=first_line, fills=fills, rejections=rejections, run_id=run_id)
+            lines_read = len(fills) + len(rejections)
+            self._set_landing_offset(conn, source_file, to_offset, first_line - 1 + lines_read, size_seen)
+        return stored.account
+
+    def ingest_bus_batch(self, *, stream: str, deliveries: Sequence[tuple[int, Fill | QuarantineRow | None]],
+                         run_id: str | None = None) -> BusBatchAccount:
+        """Store one batch of report-bus messages atomically, with each message's stream sequence.
+
+        ``deliveries`` are (stream_seq, Fill | QuarantineRow | None) where None is a message that is not a fill
+        (ignored). A sequence already in `bus_messages` was stored before (the ack after that commit was lost):
+        it counts as a duplicate and nothing else is written for it.
+        """
+        seqs = [seq for seq, _ in deliveries]
+        with self.begin() as conn:
+            if self.dialect == "postgresql":
+                # Taken before the sequence probe: two consumers of one stream must not both store a redelivery.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423002)"))
+            known = self._known_sequences(conn, stream, seqs)
+            fresh: dict[int, Fill | QuarantineRow | None] = {}
+            redelivered = 0
+            for seq, item in deliveries:
+                if seq in known or seq in fresh:
+                    redelivered += 1
+                else:
+                    fresh[seq] = item
+            fills = [(seq, item) for seq, item in fresh.items() if isinstance(item, Fill)]
+            rejections = [item for item in fresh.values() if isinstance(item, QuarantineRow)]
+            ignored = [seq for seq, item in fresh.items() if item is None]
+            stored = self._store_reports(conn, source_file=stream, from_offset=min(seqs), to_offset=max(seqs),
+                                         first_line=min(seqs), fills=fills, rejections=rejections, run_id=run_id,
+                                         extra_duplicates=redelivered, ignored=len(ignored))
+            outcomes = [(seq, "ignored") for seq in ignored]
+            for seq, item in fresh.items():
+                if item is None:
+                    continue
+                outcome = ("quarantined" if seq in stored.quarantined_lines else
+                           "accepted" if seq in stored.accepted_lines else "duplicate")
+                outcomes.append((seq, outcome))
+            self._insert_bus_messages(conn, [(stream, seq, stored.batch_id, outcome) for seq, outcome in outcomes])
+        account = stored.account
+        return BusBatchAccount(messages=len(deliveries), accepted=account.accepted, duplicates=account.duplicates,
+                               quarantined=account.quarantined, ignored=len(ignored), redelivered=redelivered,
+                               batch_id=stored.batch_id, quarantine_reasons=stored.quarantine_reasons)
+
+    def _insert_bus_messages(self, conn: Connection, rows: Sequence[tuple[str, int, int, str]]) -> None:
+        if not rows:
+            return
+        cursor = conn.connection.driver_connection.cursor()
+        if self.dialect == "postgresql":  # one COPY, not one round trip per message
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows(rows)
+            buffer.seek(0)
+            cursor.copy_expert("COPY bus_messages (stream, stream_seq, batch_id, outcome) FROM STDIN WITH (FORMAT csv)", buffer)
+        else:
+            cursor.executemany("INSERT INTO bus_messages (stream, stream_seq, batch_id, outcome) VALUES (?, ?, ?, ?)", rows)
+
+    def _known_sequences(self, conn: Connection, stream: str, seqs: Sequence[int]) -> set[int]:
+        query = sa.text("SELECT stream_seq FROM bus_messages WHERE stream = :s AND stream_seq IN :q").bindparams(
+            sa.bindparam("q", expanding=True))
+        known: set[int] = set()
+        ordered = sorted(set(seqs))
+        for start in range(0, len(ordered), 5_000):  # stay under SQLite's bound-variable limit
+            known.update(int(r[0]) for r in conn.execute(query, {"s": stream, "q": ordered[start:start + 5_000]}))
+        return known
+
+    def _store_reports(self, conn: Connection, *, source_file: str, from_offset: int, to_offset: int, first_line: int,
+                       fills: Sequence[tuple[int, Fill]], rejections: Sequence[QuarantineRow], run_id: str | None,
+                       extra_duplicates: int = 0, ignored: int = 0) -> "_StoredReports":
+        """Accepted fills, duplicates and quarantine rows of one batch plus its accounting row, in ``conn``'s
+        transaction. ``extra_duplicates`` are deliveries the caller already recognised as redeliveries."""
+        lines_read = len(fills) + len(rejections) + extra_duplicates
         quarantine = list(rejections)
         first_seen: dict[str, tuple[int, Fill]] = {}
-        duplicates = 0
+        duplicates = extra_duplicates
         for line_no, fill in fills:  # redeliveries inside the chunk itself
             seen = first_seen.get(fill.report_id)
             if seen is None:
@@ -226,44 +323,46 @@ class Store:
                 duplicates += 1
             else:
                 quarantine.append(_conflict_row(line_no, fill, seen[0], source_file))
-        with self.begin() as conn:
-            if self.dialect == "postgresql":
-                # Ingestion is serialised, so the probe below cannot race another writer of the same ids.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423002)"))
-            known = self._known_reports(conn, list(first_seen))
-            new_fills: list[tuple[int, Fill]] = []
-            for report_id, (line_no, fill) in first_seen.items():
-                stored = known.get(report_id)
-                if stored is None:
-                    new_fills.append((line_no, fill))
-                elif stored[0] == fill.content_sha256:
-                    duplicates += 1
-                else:
-                    quarantine.append(_conflict_row(line_no, fill, stored[2], stored[1]))
-            self._insert_reports(conn, new_fills, source_file)
-            accepted = len(new_fills)
-            if quarantine:
-                conn.execute(sa.text(
-                    "INSERT INTO quarantined_reports (source_file, line_number, report_id, reason_code, detail, raw_text) "
-                    "VALUES (:source_file, :line_number, :report_id, :reason_code, :detail, :raw_text)"),
-                    [{"source_file": source_file, "line_number": q.line_number, "report_id": q.report_id,
-                      "reason_code": q.reason_code, "detail": q.detail[:1000], "raw_text": q.raw_text} for q in quarantine])
-            account = BatchAccount(lines_read, accepted, duplicates, len(quarantine))
-            if account.accepted + account.duplicates + account.quarantined != lines_read:
-                raise RuntimeError(f"ingestion accounting mismatch in {source_file}: {account}")
-            batch_id = conn.execute(sa.text(
-                "INSERT INTO ingestion_batches (run_id, source_file, from_offset, to_offset, first_line, lines_read, accepted, "
-                "duplicates, quarantined) VALUES (:run_id, :f, :a, :b, :first, :n, :acc, :dup, :q) RETURNING id"),
-                {"run_id": run_id, "f": source_file, "a": from_offset, "b": to_offset, "first": first_line, "n": lines_read,
-                 "acc": accepted, "dup": duplicates, "q": len(quarantine)}).scalar()
-            slugs: dict[str, int] = {}
-            for _, fill in new_fills:
-                slugs[fill.strategy_slug] = slugs.get(fill.strategy_slug, 0) + 1
-            if slugs:
-                conn.execute(sa.text("INSERT INTO ingestion_batch_slugs (batch_id, strategy_slug, fills) VALUES (:b, :s, :n)"),
-                             [{"b": batch_id, "s": slug, "n": n} for slug, n in slugs.items()])
-            self._set_landing_offset(conn, source_file, to_offset, first_line - 1 + lines_read, size_seen)
-        return account
+        if self.dialect == "postgresql":
+            # Ingestion is serialised, so the probe below cannot race another writer of the same ids.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423002)"))
+        known = self._known_reports(conn, list(first_seen))
+        new_fills: list[tuple[int, Fill]] = []
+        for report_id, (line_no, fill) in first_seen.items():
+            stored = known.get(report_id)
+            if stored is None:
+                new_fills.append((line_no, fill))
+            elif stored[0] == fill.content_sha256:
+                duplicates += 1
+            else:
+                quarantine.append(_conflict_row(line_no, fill, stored[2], stored[1]))
+        self._insert_reports(conn, new_fills, source_file)
+        accepted = len(new_fills)
+        if quarantine:
+            conn.execute(sa.text(
+                "INSERT INTO quarantined_reports (source_file, line_number, report_id, reason_code, detail, raw_text) "
+                "VALUES (:source_file, :line_number, :report_id, :reason_code, :detail, :raw_text)"),
+                [{"source_file": source_file, "line_number": q.line_number, "report_id": q.report_id,
+                  "reason_code": q.reason_code, "detail": q.detail[:1000], "raw_text": q.raw_text} for q in quarantine])
+        account = BatchAccount(lines_read, accepted, duplicates, len(quarantine))
+        if account.accepted + account.duplicates + account.quarantined != lines_read:
+            raise RuntimeError(f"ingestion accounting mismatch in {source_file}: {account}")
+        batch_id = conn.execute(sa.text(
+            "INSERT INTO ingestion_batches (run_id, source_file, from_offset, to_offset, first_line, lines_read, accepted, "
+            "duplicates, quarantined, ignored) VALUES (:run_id, :f, :a, :b, :first, :n, :acc, :dup, :q, :ign) RETURNING id"),
+            {"run_id": run_id, "f": source_file, "a": from_offset, "b": to_offset, "first": first_line, "n": lines_read,
+             "acc": accepted, "dup": duplicates, "q": len(quarantine), "ign": ignored}).scalar()
+        slugs: dict[str, int] = {}
+        for _, fill in new_fills:
+            slugs[fill.strategy_slug] = slugs.get(fill.strategy_slug, 0) + 1
+        if slugs:
+            conn.execute(sa.text("INSERT INTO ingestion_batch_slugs (batch_id, strategy_slug, fills) VALUES (:b, :s, :n)"),
+                         [{"b": batch_id, "s": slug, "n": n} for slug, n in slugs.items()])
+        reasons: dict[str, int] = {}
+        for q in quarantine:
+            reasons[q.reason_code] = reasons.get(q.reason_code, 0) + 1
+        return _StoredReports(account, int(batch_id), {line for line, _ in new_fills}, {q.line_number for q in quarantine},
+                              reasons)
 
     def _set_landing_offset(self, conn: Connection, path: str, offset: int, lines_read: int, size_seen: int) -> None:
         conn.execute(sa.text(
@@ -432,6 +531,39 @@ class Store:
         with self.begin() as conn:
             rows = conn.execute(sa.text(f"SELECT payload_json FROM operations_reports{where} ORDER BY created_at, report_id"), params)
             return [json.loads(r[0]) for r in rows]
+
+    # ---- publishing the outbox to the report bus ---------------------------------------------------
+    def unpublished_reports(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest outbox rows not yet published to the bus (report_id, topic, payload_json)."""
+        return self.rows(
+            "SELECT r.report_id, r.topic, r.payload_json FROM operations_reports r WHERE NOT EXISTS "
+            "(SELECT 1 FROM report_publications p WHERE p.report_id = r.report_id) "
+            "ORDER BY r.created_at, r.report_id LIMIT :n", n=limit)
+
+    def record_publications(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Record PubAcks (report_id, subject, stream, stream_seq, duplicate); a row already recorded stays."""
+        if not rows:
+            return 0
+        with self.begin() as conn:
+            result = conn.execute(sa.text(
+                "INSERT INTO report_publications (report_id, subject, stream, stream_seq, duplicate) "
+                "VALUES (:report_id, :subject, :stream, :stream_seq, :duplicate) ON CONFLICT (report_id) DO NOTHING"),
+                [dict(r) for r in rows])
+            return int(result.rowcount or 0)
+
+    def unpublished_count(self) -> int:
+        return int(self.scalar("SELECT COUNT(*) FROM operations_reports r WHERE NOT EXISTS "
+                               "(SELECT 1 FROM report_publications p WHERE p.report_id = r.report_id)"))
+
+    def record_stage_duration(self, stage: str, seconds: float) -> None:
+        """Add one duration to the running totals of a stage (read by the metrics endpoint)."""
+        with self.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO stage_durations (stage, runs, total_seconds, last_seconds, last_at_ms) VALUES (:s, 1, :d, :d, :t) "
+                "ON CONFLICT (stage) DO UPDATE SET runs = stage_durations.runs + 1, "
+                "total_seconds = stage_durations.total_seconds + excluded.total_seconds, "
+                "last_seconds = excluded.last_seconds, last_at_ms = excluded.last_at_ms"),
+                {"s": stage, "d": float(seconds), "t": int(time.time() * 1000)})
 
     # ---- generic reads used by tests, status and benchmarks --------------------------------------
     def scalar(self, sql: str, **params: Any) -> Any:

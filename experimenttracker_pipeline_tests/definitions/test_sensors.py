@@ -11,6 +11,7 @@ from experimenttracker_pipeline.defs import sensors
 from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource,
     PipelineSettingsResource,
+    ReportBusResource,
 )
 from experimenttracker_pipeline.orchestration import due_work as sensing
 from experimenttracker_pipeline.stages.declarations.registration import (
@@ -64,7 +65,8 @@ def test_stall_changes():
 def env(store, db_url, workdirs):
     resources = {"store": ExperimentStoreResource(db_url=db_url),
                  "settings": PipelineSettingsResource(landing_dir=str(workdirs["landing"]), experiments_dir=str(workdirs["experiments"]),
-                                                      stall_window_seconds=3600)}
+                                                      stall_window_seconds=3600),
+                 "report_bus": ReportBusResource()}  # no bus: the landing folder is the report source
     with dg.instance_for_test() as instance:
         yield instance, resources
 
@@ -163,7 +165,8 @@ def test_stall_sensor_emits_once_and_resumes(store, workdirs, env):
 
 def test_sensors_skip_cleanly_when_the_store_is_down(workdirs):
     resources = {"store": ExperimentStoreResource(db_url="postgresql+psycopg2://postgres@127.0.0.1:1/none"),
-                 "settings": PipelineSettingsResource(landing_dir=str(workdirs["landing"]), experiments_dir=str(workdirs["experiments"]))}
+                 "settings": PipelineSettingsResource(landing_dir=str(workdirs["landing"]), experiments_dir=str(workdirs["experiments"])),
+                 "report_bus": ReportBusResource()}
     write_jsonl(workdirs["landing"] / "a.jsonl", [fill("r1", "v-slug", "shadow", "k1")])
     with dg.instance_for_test() as instance:
         for sensor in (sensors.new_reports_sensor, sensors.pairing_sensor, sensors.sample_threshold_sensor, sensors.stall_sensor):

@@ -42,3 +42,14 @@ def apply_stall_changes(store: Store, changes: list, now_ms: int) -> list[dict[s
             emitted.append(report)
     return emitted
 
+
+
+def apply_bus_state(store: Store, bus_error: str | None, now_ms: int) -> list[dict[str, Any]]:
+    """While the report bus cannot be read, every active experiment gets one EXPERIMENT_STALLED
+    (REPORT_BUS_UNAVAILABLE); once it answers again, each of those episodes ends with one EXPERIMENT_RESUMED.
+    Stalls for other reasons are left to the stall sensor."""
+    from experimenttracker_pipeline.orchestration.due_work import REPORT_BUS_UNAVAILABLE, stall_changes
+
+    changes = [c for c in stall_changes(store.sensor_snapshot(), store.open_stalls(), now_ms=now_ms, window_ms=2**62,
+                                        bus_error=bus_error) if c.reason == REPORT_BUS_UNAVAILABLE]
+    return apply_stall_changes(store, changes, now_ms)

@@ -1,0 +1,1 @@
+"""Publishing: the outbox relay that puts every emitted report on the report bus."""
