@@ -36,6 +36,7 @@ from benchmarks.bigdata import create_big_database, drop_database  # noqa: E402
 from experimenttracker_pipeline.stages.intervals.evaluation import compute_intervals
 from experimenttracker_pipeline.stages.verdict.decision import decide
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.intervals.queries import metric_stats
 
 BARE_AGGREGATE = ("SELECT experiment_id, COUNT(*), SUM(edge_delta_bps), SUM(edge_delta_bps * edge_delta_bps) "
                   "FROM experiment_samples GROUP BY experiment_id")
@@ -143,7 +144,7 @@ def main() -> None:
         assert math.isclose(evaluation["edge_delta_bps"], float(row["mean"]), rel_tol=1e-5), (evaluation["edge_delta_bps"], row["mean"])
         assert math.isclose(evaluation["sd_bps"], float(row["sd"]), rel_tol=1e-5), (evaluation["sd_bps"], row["sd"])
         # ... the sufficient statistics it was computed from are not.
-        n_sql, total, _, shift, _ = store.metric_stats(probe)["edge_delta_bps"]  # sums about the first delta
+        n_sql, total, _, shift, _ = metric_stats(store, probe)["edge_delta_bps"]  # sums about the first delta
         mean = shift + total / n_sql
         assert n_sql == row["n"] and math.isclose(mean, float(row["mean"]), rel_tol=1e-9, abs_tol=1e-12), (mean, row["mean"])
 

@@ -35,6 +35,7 @@ from experimenttracker_pipeline.observability.readings import QUERIES, read_stor
 from experimenttracker_pipeline.stages.intervals.evaluation import compute_intervals  # noqa: E402
 from experimenttracker_pipeline.stages.verdict.decision import decide  # noqa: E402
 from experimenttracker_pipeline.store import Store  # noqa: E402
+from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
 
 HISTORY = """
 INSERT INTO experiment_evaluations (experiment_id, samples, verdict, ci_method, ci_95_low, ci_95_high, fixed_ci_95_low,
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(url)
     try:
         started = time.perf_counter()
-        for row in store.experiment_rows():
+        for row in experiment_rows(store):
             compute_intervals(store, row["experiment_id"])
             decide(store, row["experiment_id"])
         print(f"setup: {args.experiments} experiments, {args.samples:,} samples, evaluated in "

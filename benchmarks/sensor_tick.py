@@ -77,6 +77,7 @@ from experimenttracker_pipeline.defs.resources import (
 )
 from experimenttracker_pipeline.settings import normalise_db_url
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
 
 SENSORS = [("new_reports_sensor", sensors.new_reports_sensor), ("pairing_sensor", sensors.pairing_sensor),
            ("sample_threshold_sensor", sensors.sample_threshold_sensor), ("stall_sensor", sensors.stall_sensor),
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         store = Store(db_url)
         stack.callback(store.dispose)
         store.migrate()
-        experiments = [r for r in store.experiment_rows() if r["status"] in ("active", "stalled")]
+        experiments = [r for r in experiment_rows(store) if r["status"] in ("active", "stalled")]
         sample_total = store.scalar("SELECT COALESCE(SUM(samples), 0) FROM experiment_pairing_state")
         ids = sorted(r["experiment_id"] for r in experiments)
         idx_of = {e: int(e.rsplit("e", 1)[1]) for e in ids if e.startswith("bench_e")}

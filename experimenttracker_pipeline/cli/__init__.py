@@ -18,6 +18,13 @@ from experimenttracker_pipeline.cli.errors import CliError
 from experimenttracker_pipeline.settings import Settings, SettingsError
 from experimenttracker_pipeline.stages.promotion.signoff import SignoffError, promotion_state, record_signoff
 from experimenttracker_pipeline.store import Store, StoreUnavailable
+from experimenttracker_pipeline.store.migrations import MigrationError
+from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal_all
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row, experiment_rows, set_experiment_status
+from experimenttracker_pipeline.stages.drift.queries import signals
+from experimenttracker_pipeline.stages.publishing.queries import unpublished_count
+from experimenttracker_pipeline.stages.samples.queries import pairing_states
+from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdicts
 
 
 def _settings() -> Settings:
@@ -27,10 +34,12 @@ def _settings() -> Settings:
         raise CliError(f"bad setting: {exc}") from exc
 
 
-def _store(settings: Settings) -> Store:
+def _store(settings: Settings, *, migrate: bool = True) -> Store:
+    """The store of these settings, reachable, and (unless ``migrate`` is False) with its schema up to date."""
     store = Store(settings.db_url)
     store.ping()
-    store.migrate()
+    if migrate:
+        store.migrate()
     return store
 
 
@@ -64,7 +73,7 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
     print(f"ingest_job: {'success' if ingest.success else 'FAILED'} (run {ingest.run_id})", file=out)
     ok &= ingest.success
     targets = list(experiment_ids) if experiment_ids else [
-        r["experiment_id"] for r in store.experiment_rows() if r["status"] != "paused"]
+        r["experiment_id"] for r in experiment_rows(store) if r["status"] != "paused"]
     experiment_job = definitions.resolve_job_def("experiment_job")
     for experiment_id in targets:
         if experiment_id not in instance.get_dynamic_partitions("experiments"):
@@ -77,7 +86,7 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
         relay = definitions.resolve_job_def("report_relay_job").execute_in_process(
             instance=instance, raise_on_error=False, run_config=run_config)
         print(f"report_relay_job: {'success' if relay.success else 'FAILED'} (run {relay.run_id}; "
-              f"{store.unpublished_count()} reports unpublished)", file=out)
+              f"{unpublished_count(store)} reports unpublished)", file=out)
         ok &= relay.success
     return ok
 
@@ -152,7 +161,7 @@ def run_backfill(settings: Settings, *, experiment_ids: Sequence[str] = (), per_
         instance=instance, raise_on_error=False, run_config=run_config, tags=tags)
     print(f"ingest_job: {'success' if ingest.success else 'FAILED'} (run {ingest.run_id})", file=out)
     ordered = instance.get_dynamic_partitions("experiments")
-    targets = list(experiment_ids) or [r["experiment_id"] for r in store.experiment_rows()]
+    targets = list(experiment_ids) or [r["experiment_id"] for r in experiment_rows(store)]
     unknown = [t for t in targets if t not in ordered]
     if unknown:
         raise CliError(f"unknown experiment(s) {', '.join(unknown)}: declare them in {settings.experiments_dir}")
@@ -173,12 +182,12 @@ def run_backfill(settings: Settings, *, experiment_ids: Sequence[str] = (), per_
 
 def status_rows(store: Store) -> list[dict[str, Any]]:
     """One row per experiment: identity, sample and orphan counts, and the latest evaluation when there is one."""
-    states = store.pairing_states()
-    verdicts = store.latest_verdicts()
-    causal = store.latest_causal_all()
-    signals = {s["experiment_id"]: s for s in store.signals()}
+    states = pairing_states(store)
+    verdicts = latest_verdicts(store)
+    causal = latest_causal_all(store)
+    signal_rows = {s["experiment_id"]: s for s in signals(store)}
     rows = []
-    for exp in store.experiment_rows():
+    for exp in experiment_rows(store):
         state = states.get(exp["experiment_id"], {})
         last_ms = state.get("last_sample_at_ms")
         row: dict[str, Any] = {
@@ -202,10 +211,10 @@ def status_rows(store: Store) -> list[dict[str, Any]]:
                 "power", "reason_codes", "plain_english")})
             row["samples_evaluated"] = v.get("samples")
             row["ci_method"] = v.get("basis")
-            row["drift_signalled"] = exp["experiment_id"] in signals
-            signal = signals.get(exp["experiment_id"])
+            row["drift_signalled"] = exp["experiment_id"] in signal_rows
+            signal = signal_rows.get(exp["experiment_id"])
             row["drift_delivery"] = signal["delivery_status"] if signal else None
-            row["verdict_report_id"] = store.latest_result_report_id(exp["experiment_id"])
+            row["verdict_report_id"] = latest_result_report_id(store, exp["experiment_id"])
             row["promotion_state"] = promotion_state(store, exp["experiment_id"]).state
         if exp["experiment_id"] in causal:
             row["causal"] = _causal_summary(json.loads(causal[exp["experiment_id"]]["result_json"]))
@@ -328,23 +337,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in ("pause", "resume"):
             store = _store(settings)
-            row = store.get_experiment_row(args.experiment_id)
+            row = experiment_row(store, args.experiment_id)
             if row is None:
                 raise CliError(f"unknown experiment {args.experiment_id!r}")
             wanted = "paused" if args.command == "pause" else "active"
             if args.command == "resume" and row["status"] != "paused":
                 raise CliError(f"{args.experiment_id} is {row['status']}, not paused")
-            store.set_experiment_status(args.experiment_id, wanted)
+            set_experiment_status(store, args.experiment_id, wanted)
             print(f"{args.experiment_id}: {row['status']} -> {wanted}")
             return 0
         if args.command == "serve":
             return _serve(settings, args.host or settings.serve_host,
                           settings.serve_port if args.port is None else args.port)
         if args.command == "migrate":
-            applied = _store(settings).migrate()
+            applied = _store(settings, migrate=False).migrate()
             print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
             return 0
-    except (CliError, StoreUnavailable) as exc:
+    except (CliError, StoreUnavailable, MigrationError) as exc:
         print(f"experimenttracker: {exc}", file=sys.stderr)
         return 2
     return 2

@@ -13,6 +13,7 @@ from experimenttracker_pipeline.defs.sensors import DEFAULT_STATUS, INTERVAL, RE
 from experimenttracker_pipeline.stages.ingestion.bus import ReportBusUnavailable, consumer_backlog, report_bus_error
 from experimenttracker_pipeline.stages.publishing.relay import publish_outbox
 from experimenttracker_pipeline.store import StoreUnavailable
+from experimenttracker_pipeline.stages.publishing.queries import unpublished_count
 
 SOURCE_TAG = "experimenttracker/source"
 _IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -71,7 +72,7 @@ def report_relay_sensor(context: dg.SensorEvaluationContext, store: ExperimentSt
     if config is None:
         return dg.SkipReason("no report bus configured: reports stay in the operations_reports outbox")
     try:
-        waiting = store.get_store().unpublished_count()
+        waiting = unpublished_count(store.get_store())
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}")
     if waiting == 0:

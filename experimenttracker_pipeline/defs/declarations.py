@@ -10,6 +10,7 @@ from experimenttracker_pipeline.defs.resources import (
 from experimenttracker_pipeline.stages.declarations.registration import (
     sync_declarations,
 )
+from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
 
 
 
@@ -21,7 +22,7 @@ def experiments(context: dg.AssetExecutionContext, store: ExperimentStoreResourc
     db = store.get_store()
     sync = sync_declarations(db, settings.experiments_path, default_caliper_seconds=settings.caliper_seconds)
     known = set(context.instance.get_dynamic_partitions(experiment_partitions.name))
-    stored = [row["experiment_id"] for row in db.experiment_rows()]
+    stored = [row["experiment_id"] for row in experiment_rows(db)]
     missing = [e for e in stored if e not in known]
     if missing:
         context.instance.add_dynamic_partitions(experiment_partitions.name, missing)

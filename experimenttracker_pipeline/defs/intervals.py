@@ -20,6 +20,7 @@ from experimenttracker_pipeline.stages.intervals.evaluation import (
     compute_intervals,
 )
 from experimenttracker_pipeline.defs.metadata import number_or_null
+from experimenttracker_pipeline.stages.intervals.queries import cumulative_delta_stats
 
 
 def _ci_chart(store, experiment_id: str, evaluation: dict) -> str | None:
@@ -32,7 +33,7 @@ def _ci_chart(store, experiment_id: str, evaluation: dict) -> str | None:
 
     import experimenttracker_pipeline.stats as st
 
-    checkpoints = [st.SufficientStats(*c) for c in store.cumulative_delta_stats(experiment_id, int(evaluation["samples"]))]
+    checkpoints = [st.SufficientStats(*c) for c in cumulative_delta_stats(store, experiment_id, int(evaluation["samples"]))]
     checkpoints = [c for c in checkpoints if c.n >= 2]
     if len(checkpoints) < 2:
         return None

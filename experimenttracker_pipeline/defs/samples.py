@@ -16,7 +16,8 @@ from experimenttracker_pipeline.stages.samples.recording import (
     record_samples,
     verify_samples,
 )
-from experimenttracker_pipeline.store import ImmutableSampleError
+from experimenttracker_pipeline.stages.samples.recording import ImmutableSampleError
+from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
 
 SAMPLES_CHAIN_CHECK = "samples_hash_chain_intact"
 
@@ -61,7 +62,7 @@ def samples_hash_chain_intact(context: dg.AssetCheckExecutionContext, store: Exp
     elif getattr(context, "has_partition_key_range", False):
         experiment_ids = list(context.partition_keys)
     else:
-        experiment_ids = [row["experiment_id"] for row in db.experiment_rows()]
+        experiment_ids = [row["experiment_id"] for row in experiment_rows(db)]
     checked, broken = 0, {}
     for experiment_id in experiment_ids:
         count, problem = verify_samples(db, experiment_id)

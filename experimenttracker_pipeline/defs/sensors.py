@@ -28,6 +28,10 @@ from experimenttracker_pipeline.stages.drift.signal import deliver_pending
 from experimenttracker_pipeline.stages.stalls.episodes import apply_stall_changes
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.store import StoreUnavailable
+from experimenttracker_pipeline.stages.drift.queries import signals
+from experimenttracker_pipeline.stages.ingestion.queries import batch_slugs_since, landing_state
+from experimenttracker_pipeline.stages.samples.queries import sensor_snapshot
+from experimenttracker_pipeline.stages.stalls.queries import open_stalls
 
 # Sensor intervals and default status are decorator arguments, so they are fixed when the definitions load.
 _SETTINGS = Settings.from_env()
@@ -104,7 +108,7 @@ def new_reports_sensor(context: dg.SensorEvaluationContext, store: ExperimentSto
     states = _RunStates(context.instance, cursor)
     try:
         signature = sensing.folder_signature(settings.landing_path, (".jsonl",), recursive=True)
-        behind = sensing.files_behind(signature, store.get_store().landing_state())
+        behind = sensing.files_behind(signature, landing_state(store.get_store()))
     except OSError as exc:
         return dg.SkipReason(f"report bus unavailable: {exc} (the stall sensor reports it)")
     except StoreUnavailable as exc:
@@ -126,14 +130,14 @@ def pairing_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreRe
     known = set(context.instance.get_dynamic_partitions("experiments"))
     try:
         db = store.get_store()
-        newest, by_slug = db.batch_slugs_since(int(cursor.get("batch", 0)))
-        eligible = [r for r in db.sensor_snapshot() if r["experiment_id"] in known]
+        newest, by_slug = batch_slugs_since(db, int(cursor.get("batch", 0)))
+        eligible = [r for r in sensor_snapshot(db) if r["experiment_id"] in known]
         # An experiment that became known since the last tick may have fills in batches the cursor has already
         # passed (an archive ingested before its declaration, or reports_job committing before declarations_job):
         # count all its fills, not only the new batches'.
         seen = set(cursor.get("experiments", [r["experiment_id"] for r in eligible] if "batch" in cursor else []))
         fresh = [r for r in eligible if r["experiment_id"] not in seen]
-        ever = db.batch_slugs_since(0)[1] if fresh else {}
+        ever = batch_slugs_since(db, 0)[1] if fresh else {}
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}")
     cursor["experiments"] = sorted(seen | {r["experiment_id"] for r in eligible})
@@ -164,7 +168,7 @@ def sample_threshold_sensor(context: dg.SensorEvaluationContext, store: Experime
     cursor = json.loads(context.cursor or "{}")
     states = _RunStates(context.instance, cursor)
     try:
-        snapshot = store.get_store().sensor_snapshot()
+        snapshot = sensor_snapshot(store.get_store())
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}")
     known = set(context.instance.get_dynamic_partitions("experiments"))
@@ -204,7 +208,7 @@ def stall_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreReso
     now = _now_ms()
     try:
         db = store.get_store()
-        changes = sensing.stall_changes(db.sensor_snapshot(), db.open_stalls(), now_ms=now,
+        changes = sensing.stall_changes(sensor_snapshot(db), open_stalls(db), now_ms=now,
                                         window_ms=int(settings.stall_window_seconds * 1000), bus_error=bus_error)
         emitted = apply_stall_changes(db, changes, now)
     except StoreUnavailable as exc:
@@ -229,7 +233,7 @@ def signal_delivery_job():
            description="Requests a delivery run while drift signals are pending (after a registry outage or restart).")
 def pending_signals_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource):
     try:
-        pending = store.get_store().signals(status="pending")
+        pending = signals(store.get_store(), status="pending")
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}")
     if not pending:

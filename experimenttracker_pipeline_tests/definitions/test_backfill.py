@@ -7,6 +7,7 @@ from experimenttracker_pipeline import cli
 from experimenttracker_pipeline.demo import DEMO_EXPERIMENTS, write_demo
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.samples.queries import iter_samples
 
 
 def test_contiguous_chunks():
@@ -33,10 +34,10 @@ def test_backfill_is_ranged_and_idempotent(tmp_path, monkeypatch, pg_url):
     assert "(3 experiments)" in out.getvalue()
     store = Store(pg_url)
     before = {table: store.scalar(f"SELECT COUNT(*) FROM {table}") for table in TABLES}
-    hashes = [r["sample_hash"] for r in store.iter_samples("exp_sports_v2")]
+    hashes = [r["sample_hash"] for r in iter_samples(store, "exp_sports_v2")]
     assert before["experiment_samples"] > 0 and store.scalar("SELECT COUNT(DISTINCT experiment_id) FROM experiment_verdicts") == len(DEMO_EXPERIMENTS)
     assert cli.run_backfill(settings, per_run=3, out=io.StringIO())
     after = {table: store.scalar(f"SELECT COUNT(*) FROM {table}") for table in TABLES}
     assert after == before
-    assert [r["sample_hash"] for r in store.iter_samples("exp_sports_v2")] == hashes
+    assert [r["sample_hash"] for r in iter_samples(store, "exp_sports_v2")] == hashes
     store.dispose()

@@ -17,6 +17,8 @@ from experimenttracker_pipeline.stages.declarations.registration import sync_dec
 from experimenttracker_pipeline.stages.ingestion.bus import ingest_bus
 from experimenttracker_pipeline_tests.builders import declaration, fill
 from experimenttracker_pipeline_tests.support.nats import publish
+from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
+from experimenttracker_pipeline.stages.publishing.queries import unpublished_count
 
 
 def _bus(nats_server) -> ReportBusResource:
@@ -53,7 +55,7 @@ def test_report_relay_sensor_requests_a_run_while_reports_wait(store, nats_serve
     request = bus_defs.report_relay_sensor(context)
     assert isinstance(request, dg.RunRequest) and request.tags["experimenttracker/unpublished"] == "1"
     result = bus_defs.report_relay_job.execute_in_process(instance=instance, resources=resources)
-    assert result.success and store.unpublished_count() == 0
+    assert result.success and unpublished_count(store) == 0
     assert isinstance(bus_defs.report_relay_sensor(context), dg.SkipReason)
 
 
@@ -76,11 +78,11 @@ def test_stall_sensor_stalls_every_active_experiment_once_and_resumes_once(store
     stalled = store.reports(event_type="EXPERIMENT_STALLED")
     assert sorted(r["experiment_id"] for r in stalled) == ["exp_1", "exp_2", "exp_3"]
     assert {r["reason"] for r in stalled} == {"REPORT_BUS_UNAVAILABLE"}
-    assert {r["status"] for r in store.experiment_rows()} == {"stalled"}
+    assert {r["status"] for r in experiment_rows(store)} == {"stalled"}
 
     nats_server.start()
     for _ in range(3):
         sensors.stall_sensor(context)
     assert sorted(r["experiment_id"] for r in store.reports(event_type="EXPERIMENT_RESUMED")) == ["exp_1", "exp_2", "exp_3"]
-    assert {r["status"] for r in store.experiment_rows()} == {"active"}
+    assert {r["status"] for r in experiment_rows(store)} == {"active"}
     assert len(store.reports(event_type="EXPERIMENT_STALLED")) == 3

@@ -12,6 +12,10 @@ from experimenttracker_pipeline.demo import DEMO_EXPERIMENTS, write_demo
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline_tests.support.registry_server import RegistryServer
+from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
+from experimenttracker_pipeline.stages.promotion.queries import promotions
+from experimenttracker_pipeline.stages.samples.queries import sample_count
+from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdict
 
 
 def _settings(tmp_path: Path, db_url: str, registry_url: str | None = None) -> Settings:
@@ -32,7 +36,7 @@ def _run_all(definitions, instance, store):
     ingest = definitions.resolve_job_def("ingest_job").execute_in_process(instance=instance)
     assert ingest.success
     results = {}
-    for row in store.experiment_rows():
+    for row in experiment_rows(store):
         results[row["experiment_id"]] = definitions.resolve_job_def("experiment_job").execute_in_process(
             instance=instance, partition_key=row["experiment_id"], raise_on_error=False)
     return ingest, results
@@ -58,7 +62,7 @@ def test_materialize_graph_end_to_end(db_url, tmp_path):
         before = store.scalar("SELECT COUNT(*) FROM operations_reports WHERE event_type = 'EXPERIMENT_STARTED'")
         _run_all(definitions, instance, store)
         assert store.scalar("SELECT COUNT(*) FROM operations_reports WHERE event_type = 'EXPERIMENT_STARTED'") == before == len(DEMO_EXPERIMENTS)
-        assert store.sample_count("exp_sports_v2") == 400
+        assert sample_count(store, "exp_sports_v2") == 400
     store.dispose()
 
 
@@ -96,14 +100,14 @@ def test_demo_verdicts_drift_and_signoff_end_to_end(db_url, tmp_path):
         with dg.instance_for_test() as instance:
             _, results = _run_all(definitions, instance, store)
             assert all(r.success for r in results.values())
-            verdicts = {e: json.loads(store.latest_row("experiment_verdicts", e)["verdict_json"])["verdict"]
+            verdicts = {e: json.loads(latest_verdict(store, e)["verdict_json"])["verdict"]
                         for e in results}
             assert verdicts["exp_sports_v2"] == "variant_wins"
             assert verdicts["exp_crypto_v3"] == "control_wins"
             assert verdicts["exp_politics_aa"] == "inconclusive"
             assert verdicts["exp_weather_small"] == "insufficient_samples"
             assert [body["experiment_id"] for _, body in server.received] == ["exp_crypto_v3"]
-            assert store.promotions() == []
+            assert promotions(store) == []
             check = [c for c in results["exp_sports_v2"].get_asset_check_evaluations() if c.check_name == "promotions_have_signoff"]
             assert [c.passed for c in check] == [True]
             meta = results["exp_sports_v2"].asset_materializations_for_node("confidence_intervals")[0].metadata
@@ -113,12 +117,12 @@ def test_demo_verdicts_drift_and_signoff_end_to_end(db_url, tmp_path):
             assert len(server.received) == 1
             assert len(store.reports("exp_sports_v2", "EXPERIMENT_RESULT")) == 1
             # The sign-off job (launchable from the UI) approves the winner's report and promotes it.
-            report_id = store.latest_result_report_id("exp_sports_v2")
+            report_id = latest_result_report_id(store, "exp_sports_v2")
             signoff = definitions.resolve_job_def("signoff_job").execute_in_process(instance=instance, run_config={
                 "ops": {"record_signoff": {"config": {"experiment_id": "exp_sports_v2", "approver": "alice",
                                                       "report_id": report_id}}}})
             assert signoff.success
-            assert [p["experiment_id"] for p in store.promotions()] == ["exp_sports_v2"]
+            assert [p["experiment_id"] for p in promotions(store)] == ["exp_sports_v2"]
         store.dispose()
     finally:
         server.close()

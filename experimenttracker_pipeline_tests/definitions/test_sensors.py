@@ -20,6 +20,7 @@ from experimenttracker_pipeline.stages.declarations.registration import (
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
 from experimenttracker_pipeline.stages.samples.recording import record_samples
 from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row
 
 
 # ---- pure decisions ------------------------------------------------------------------------------------------
@@ -151,12 +152,12 @@ def test_stall_sensor_emits_once_and_resumes(store, workdirs, env):
         _tick(sensors.stall_sensor, instance, resources)
     stalled = store.reports("exp_a", "EXPERIMENT_STALLED")
     assert len(stalled) == 1 and stalled[0]["reason"] == "REPORT_BUS_UNAVAILABLE"
-    assert store.get_experiment_row("exp_a")["status"] == "stalled"
+    assert experiment_row(store, "exp_a")["status"] == "stalled"
     workdirs["landing"].mkdir()
     _tick(sensors.stall_sensor, instance, resources)
     _tick(sensors.stall_sensor, instance, resources)
     assert len(store.reports("exp_a", "EXPERIMENT_RESUMED")) == 1
-    assert store.get_experiment_row("exp_a")["status"] == "active"
+    assert experiment_row(store, "exp_a")["status"] == "active"
     # A second outage is a new episode with its own report.
     shutil.rmtree(workdirs["landing"])
     _tick(sensors.stall_sensor, instance, resources)

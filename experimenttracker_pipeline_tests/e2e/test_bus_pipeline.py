@@ -17,6 +17,9 @@ import pytest
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline_tests.builders import declaration, fill
 from experimenttracker_pipeline_tests.support.nats import publish, read_subject
+from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
+from experimenttracker_pipeline.stages.publishing.queries import unpublished_count
+from experimenttracker_pipeline.stages.samples.queries import pairing_states
 
 OPERATIONS = "polytraders.reports.operations"
 DEVELOPER = "polytraders.reports.developer"
@@ -81,7 +84,7 @@ def test_fills_on_the_bus_give_one_result_report_on_the_operations_subject(pg_ur
 
     store = Store(pg_url)
     outbox = store.scalar("SELECT COUNT(*) FROM operations_reports")
-    assert outbox == len(operations) + len(developer) and store.unpublished_count() == 0
+    assert outbox == len(operations) + len(developer) and unpublished_count(store) == 0
     # The second run read this bot's own reports back from the shared topic and counted them as ignored.
     assert store.scalar("SELECT SUM(ignored) FROM ingestion_batches") == len(operations) + len(developer)
     assert store.scalar("SELECT COUNT(*) FROM raw_reports") == 120
@@ -104,18 +107,18 @@ def test_recipe_report_bus_unavailable_stalls_once_and_resumes_by_itself(tmp_pat
     stalled = store.reports(event_type="EXPERIMENT_STALLED")
     assert sorted((r["experiment_id"], r["reason"]) for r in stalled) == [
         ("exp_a", "REPORT_BUS_UNAVAILABLE"), ("exp_b", "REPORT_BUS_UNAVAILABLE")]
-    assert {r["experiment_id"]: r["status"] for r in store.experiment_rows()} == {"exp_a": "stalled", "exp_b": "stalled"}
-    assert store.unpublished_count() >= 2  # the stall reports wait in the outbox
+    assert {r["experiment_id"]: r["status"] for r in experiment_rows(store)} == {"exp_a": "stalled", "exp_b": "stalled"}
+    assert unpublished_count(store) >= 2  # the stall reports wait in the outbox
 
     nats_server.start()
     run_cli(live_env, "run")
     run_cli(live_env, "run")
     resumed = store.reports(event_type="EXPERIMENT_RESUMED")
     assert sorted(r["experiment_id"] for r in resumed) == ["exp_a", "exp_b"]
-    assert {r["experiment_id"]: r["status"] for r in store.experiment_rows()} == {"exp_a": "active", "exp_b": "active"}
-    states = store.pairing_states()
+    assert {r["experiment_id"]: r["status"] for r in experiment_rows(store)} == {"exp_a": "active", "exp_b": "active"}
+    states = pairing_states(store)
     assert (states["exp_a"]["samples"], states["exp_b"]["samples"]) == (50, 30)  # the backlog was ingested
-    assert store.unpublished_count() == 0
+    assert unpublished_count(store) == 0
     operations = Counter(m["payload"]["event_type"] for m in on_bus(nats_server.url, OPERATIONS))
     assert operations["EXPERIMENT_STALLED"] == 2 and operations["EXPERIMENT_RESUMED"] == 2
     store.dispose()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from experimenttracker_pipeline import cli
+from experimenttracker_pipeline.store.migrations import revisions
 
 
 def _env(tmp_path: Path, **extra) -> dict:
@@ -76,3 +77,12 @@ def test_run_unknown_experiment(tmp_path, monkeypatch, capsys):
     (tmp_path / "data" / "landing").mkdir(parents=True)
     assert cli.main(["run", "exp_nope"]) == 2
     assert "unknown experiment" in capsys.readouterr().err
+
+
+def test_migrate_lists_what_it_applied(tmp_path, db_url):
+    """`experimenttracker migrate` on a fresh database names the revisions it applied; run again, nothing."""
+    first = _cli(tmp_path, "migrate", EXPERIMENTTRACKER_DB_URL=db_url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "applied: " + ", ".join(revisions())
+    second = _cli(tmp_path, "migrate", EXPERIMENTTRACKER_DB_URL=db_url)
+    assert second.returncode == 0 and second.stdout.strip() == "applied: nothing (up to date)"

@@ -23,13 +23,14 @@ from experimenttracker_pipeline.stages.governance import operations as gov
 from experimenttracker_pipeline.stages.governance.assignment import bucket_of
 from experimenttracker_pipeline.stages.governance.risk import UNAPPROVED
 from experimenttracker_pipeline_tests.contract_fixtures import EXAMPLE_YAML
+from experimenttracker_pipeline.stages.declarations.queries import register_experiment
 
 EXP = "exp_sports_v2"
 
 
 @pytest.fixture
 def online(store):
-    assert store.register_experiment(parse_experiment(yaml.safe_load(EXAMPLE_YAML), "experiments/exp.yaml")) == "new"
+    assert register_experiment(store, parse_experiment(yaml.safe_load(EXAMPLE_YAML), "experiments/exp.yaml")) == "new"
     return store
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from experimenttracker_pipeline_tests.builders import declaration
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row
 
 
 def test_pause_and_resume_commands(tmp_path):
@@ -23,9 +24,9 @@ def test_pause_and_resume_commands(tmp_path):
     sync_declarations(store, experiments)
     paused = subprocess.run([*cli, "pause", "exp_p"], env=env, capture_output=True, text=True)
     assert paused.returncode == 0 and "active -> paused" in paused.stdout
-    assert store.get_experiment_row("exp_p")["status"] == "paused"
+    assert experiment_row(store, "exp_p")["status"] == "paused"
     resumed = subprocess.run([*cli, "resume", "exp_p"], env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0 and store.get_experiment_row("exp_p")["status"] == "active"
+    assert resumed.returncode == 0 and experiment_row(store, "exp_p")["status"] == "active"
     again = subprocess.run([*cli, "resume", "exp_p"], env=env, capture_output=True, text=True)
     assert again.returncode == 2 and "not paused" in again.stderr
     unknown = subprocess.run([*cli, "pause", "nope"], env=env, capture_output=True, text=True)

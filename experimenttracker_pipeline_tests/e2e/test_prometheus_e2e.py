@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from experimenttracker_pipeline.stages.declarations.queries import set_experiment_status
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
 from experimenttracker_pipeline.stages.samples.recording import record_samples
 from experimenttracker_pipeline_tests.builders import fill, write_jsonl
@@ -66,7 +67,7 @@ def test_prometheus_scrapes_serve_and_the_stalled_alert_fires_when_samples_stop(
     evaluated_experiment(store, workdirs, "exp_lose", -6 + rng.normal(0, 0.5, 40), min_samples_for_decision=30)
     evaluated_experiment(store, workdirs, "exp_flow", 1 + rng.normal(0, 1, 5), min_samples_for_decision=1000)
     for finished in ("exp_win", "exp_lose"):  # only exp_flow is expected to keep sampling
-        store.set_experiment_status(finished, "paused")
+        set_experiment_status(store, finished, "paused")
 
     flowing = threading.Event()
     flowing.set()

@@ -11,13 +11,8 @@ from experimenttracker_pipeline.stages.causal_effects.estimation import compute_
 from experimenttracker_pipeline.stages.declarations.registration import (
     sync_declarations,
 )
-from experimenttracker_pipeline.stages.drift.registry import (
-    HttpStrategyRegistry,
-    TableStrategyRegistry,
-)
-from experimenttracker_pipeline.stages.drift.signal import signal_drift
+from experimenttracker_pipeline.stages.drift.registry import HttpStrategyRegistry
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
-from experimenttracker_pipeline.stages.intervals.evaluation import compute_intervals
 from experimenttracker_pipeline.stages.promotion.signoff import (
     SignoffError,
     promotion_state,
@@ -25,34 +20,13 @@ from experimenttracker_pipeline.stages.promotion.signoff import (
     record_signoff,
 )
 from experimenttracker_pipeline.stages.samples.recording import record_samples
-from experimenttracker_pipeline.stages.verdict.decision import decide
 from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
-
-
-def _experiment(store, workdirs, deltas, *, exp_id="exp_a", start=0, **decl):
-    """Declare an experiment (once) and feed it shadow pairs whose edge deltas are exactly `deltas` bps."""
-    path = workdirs["experiments"] / f"{exp_id}.yaml"
-    if not path.exists():
-        path.write_text(declaration(exp_id, **decl))
-        sync_declarations(store, workdirs["experiments"])
-    records = []
-    for i, delta in enumerate(deltas, start=start):
-        key = f"{exp_id}:{i}"
-        records.append(fill(f"{exp_id}-c{i}", "c-slug", "live", key, edge=1.0, notional=100.0, t=i * 1000))
-        records.append(fill(f"{exp_id}-v{i}", "v-slug", "shadow", key, edge=1.0 + float(delta) / 100.0, notional=100.0,
-                            t=i * 1000 + 1, experiment_id=exp_id))
-    write_jsonl(workdirs["landing"] / f"{exp_id}-{start}.jsonl", records)
-    assert ingest_landing(store, workdirs["landing"]).balanced
-    record_samples(store, exp_id)
-
-
-def _evaluate(store, exp_id="exp_a", registry=None):
-    compute_intervals(store, exp_id)
-    compute_causal(store, exp_id)
-    verdict = decide(store, exp_id)
-    drift = signal_drift(store, exp_id, registry or TableStrategyRegistry())
-    promotion = promotion_state(store, exp_id, apply=True)
-    return verdict, drift, promotion
+from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal
+from experimenttracker_pipeline.stages.drift.queries import signals
+from experimenttracker_pipeline.stages.promotion.queries import insert_promotion, promotions
+from experimenttracker_pipeline.stages.samples.queries import sample_count
+from experimenttracker_pipeline_tests.support.pipeline import evaluate_once as _evaluate
+from experimenttracker_pipeline_tests.support.pipeline import shadow_experiment as _experiment
 
 
 def test_no_winner_before_min_samples(store, workdirs):
@@ -61,7 +35,7 @@ def test_no_winner_before_min_samples(store, workdirs):
     verdict, drift, _ = _evaluate(store)
     assert verdict.verdict["verdict"] == "insufficient_samples"
     assert verdict.report["event_type"] == "EXPERIMENT_INSUFFICIENT_SAMPLES"
-    assert not drift.signalled_now and store.signals() == []
+    assert not drift.signalled_now and signals(store) == []
 
 
 def test_drift_signal_when_variant_underperforms(store, workdirs):
@@ -71,12 +45,12 @@ def test_drift_signal_when_variant_underperforms(store, workdirs):
     verdict, drift, _ = _evaluate(store)
     assert verdict.verdict["verdict"] == "control_wins" and verdict.verdict["drift_signalled"]
     assert drift.signalled_now and drift.delivered == 1
-    (signal,) = store.signals("exp_a")
+    (signal,) = signals(store, "exp_a")
     payload = json.loads(signal["payload_json"])
     assert payload["variant_slug"] == "v-slug" and payload["signal_type"] == "DRIFT_SIGNAL"
     assert payload["edge_delta_bps"] == pytest.approx(-5, abs=0.6) and payload["drift_z"] < -2
     _evaluate(store)  # another look: no second signal
-    assert len(store.signals("exp_a")) == 1
+    assert len(signals(store, "exp_a")) == 1
 
 
 def test_fixed_horizon_experiment_uses_the_spec_two_sigma_rule(store, workdirs):
@@ -117,7 +91,7 @@ def test_signoff_approves_that_report_only(store, workdirs):
     _experiment(store, workdirs, rng.normal(5, 10, 300), auto_promote_on_winning=True, require_human_signoff=True)
     verdict, _, promotion = _evaluate(store)
     first_report = verdict.report["report_id"]
-    assert promotion.state == "awaiting_signoff" and store.promotions() == []
+    assert promotion.state == "awaiting_signoff" and promotions(store) == []
     # More data arrives and the verdict is re-reported (sample count grew materially): a new report.
     _experiment(store, workdirs, rng.normal(5, 10, 300), start=300)
     verdict2, _, _ = _evaluate(store)
@@ -125,11 +99,11 @@ def test_signoff_approves_that_report_only(store, workdirs):
     # Signing off the OLD report does not approve the new verdict.
     record_signoff(store, "exp_a", "alice", first_report)
     assert promotion_state(store, "exp_a", apply=True).state == "awaiting_signoff"
-    assert store.promotions() == []
+    assert promotions(store) == []
     record_signoff(store, "exp_a", "bob", verdict2.report["report_id"])
     result = promotion_state(store, "exp_a", apply=True)
     assert result.state == "promoted" and result.promoted_now
-    (promotion_row,) = store.promotions()
+    (promotion_row,) = promotions(store)
     assert promotion_row["report_id"] == verdict2.report["report_id"] and promotion_row["signoff_id"] is not None
     assert promotion_violations(store) == []
     with pytest.raises(SignoffError):
@@ -148,7 +122,7 @@ def test_large_split_requires_signoff_even_without_the_flag(store, workdirs):
     _experiment(store, workdirs, rng.normal(5, 10, 300), auto_promote_on_winning=True, require_human_signoff=False,
                 traffic_split_pct=60)
     _, _, promotion = _evaluate(store)
-    assert promotion.state == "awaiting_signoff" and store.promotions() == []
+    assert promotion.state == "awaiting_signoff" and promotions(store) == []
 
 
 def test_promotion_without_signoff_is_a_violation(store, workdirs):
@@ -156,7 +130,7 @@ def test_promotion_without_signoff_is_a_violation(store, workdirs):
     _experiment(store, workdirs, rng.normal(5, 10, 300))
     verdict, _, _ = _evaluate(store)
     with store.begin() as conn:  # someone bypasses the gate
-        store.insert_promotion(conn, {"experiment_id": "exp_a", "report_id": verdict.report["report_id"],
+        insert_promotion(conn, {"experiment_id": "exp_a", "report_id": verdict.report["report_id"],
                                       "variant_slug": "v-slug", "verdict": "variant_wins", "signoff_id": None})
     (violation,) = promotion_violations(store)
     assert violation.experiment_id == "exp_a"
@@ -172,7 +146,7 @@ def test_registry_outage_delays_but_never_loses_or_duplicates(store, workdirs, r
     registry_server.fail = True
     _, drift, _ = _evaluate(store, registry=registry)
     assert drift.signalled_now and drift.pending == 1 and registry_server.received == []
-    (signal,) = store.signals("exp_a")
+    (signal,) = signals(store, "exp_a")
     assert signal["delivery_status"] == "pending" and signal["attempts"] == 1 and "503" in signal["last_error"]
     registry_server.fail = False
     _, drift2, _ = _evaluate(store, registry=registry)
@@ -188,7 +162,7 @@ def test_unreachable_registry_times_out_cleanly(store, workdirs):
     _experiment(store, workdirs, rng.normal(-6, 8, 200))
     registry = HttpStrategyRegistry("http://127.0.0.1:9/none", timeout_ms=500, max_attempts=2, backoff_seconds=0.01)
     _, drift, _ = _evaluate(store, registry=registry)
-    assert drift.pending == 1 and store.signals("exp_a")[0]["delivery_status"] == "pending"
+    assert drift.pending == 1 and signals(store, "exp_a")[0]["delivery_status"] == "pending"
 
 
 def test_srm_blocks_limited_live_verdict(store, workdirs):
@@ -233,7 +207,7 @@ def test_hard_guardrail_breach_blocks_a_winner(store, workdirs):
     verdict, _, promotion = _evaluate(store, "exp_g")
     assert verdict.verdict["verdict"] == "guardrail_violated"
     assert "EVAL_HARD_CONSTRAINT_VIOLATED:slippage_delta_bps<=1" in verdict.verdict["reason_codes"]
-    assert promotion.state == "not_promotable" and store.promotions() == []
+    assert promotion.state == "not_promotable" and promotions(store) == []
     assert len(store.reports("exp_g", "EVAL_STOP_HARM")) == 1  # harm overrides statistics: a stop rule fired
     _evaluate(store, "exp_g")
     assert len(store.reports("exp_g", "EVAL_STOP_HARM")) == 1
@@ -268,9 +242,9 @@ def test_unapproved_online_experiment_is_flagged_and_never_promoted(store, workd
     write_jsonl(workdirs["landing"] / "on.jsonl", records)
     ingest_landing(store, workdirs["landing"])
     record_samples(store, "exp_on")
-    assert store.sample_count("exp_on") > 0  # samples are recorded even though it is unapproved
+    assert sample_count(store, "exp_on") > 0  # samples are recorded even though it is unapproved
     verdict, _, promotion = _evaluate(store, "exp_on")
-    assert promotion.state == "blocked_by_governance" and store.promotions() == []
+    assert promotion.state == "blocked_by_governance" and promotions(store) == []
     assert len(store.reports("exp_on", "EXPERIMENT_UNAPPROVED")) == 1
     _evaluate(store, "exp_on")
     assert len(store.reports("exp_on", "EXPERIMENT_UNAPPROVED")) == 1  # flagged once per contract digest
@@ -311,7 +285,7 @@ def test_confounded_limited_live_is_judged_on_aipw_not_the_naive_difference(stor
     ingest_landing(store, workdirs["landing"])
     record_samples(store, "exp_conf")
     verdict, drift, _ = _evaluate(store, "exp_conf")
-    causal = json.loads(store.latest_row("causal_estimates", "exp_conf")["result_json"])
+    causal = json.loads(latest_causal(store, "exp_conf")["result_json"])
     assert causal["naive_diff_bps"] > 0  # the biased comparison has the wrong sign
     assert causal["aipw"]["ci_95_low"] < -4 < causal["aipw"]["ci_95_high"]
     assert verdict.verdict["basis"].startswith("aipw")
@@ -338,7 +312,7 @@ def test_declared_instrument_gives_a_2sls_estimate(store, workdirs):
     ingest_landing(store, workdirs["landing"])
     record_samples(store, "exp_iv")
     compute_causal(store, "exp_iv")
-    iv = json.loads(store.latest_row("causal_estimates", "exp_iv")["result_json"])["iv"]
+    iv = json.loads(latest_causal(store, "exp_iv")["result_json"])["iv"]
     assert iv["ci_95_low"] < -3 < iv["ci_95_high"] and not iv["weak_instrument"] and iv["first_stage_f"] > 10
 
 

@@ -19,13 +19,24 @@ from experimenttracker_pipeline.stages.governance.evaltrace import render_person
 from experimenttracker_pipeline.stages.governance.risk import APPROVAL_STALE, UNAPPROVED
 from experimenttracker_pipeline_tests.builders import declaration
 from experimenttracker_pipeline_tests.contract_fixtures import EXAMPLE_YAML
+from experimenttracker_pipeline.stages.causal_effects.queries import insert_causal
+from experimenttracker_pipeline.stages.declarations.queries import register_experiment
+from experimenttracker_pipeline.stages.governance.queries import (
+    approval_rows,
+    assignment_rows,
+    contract_rows,
+    governance_event_times,
+    insert_approval,
+)
+from experimenttracker_pipeline.stages.intervals.queries import insert_evaluation, latest_evaluation
+from experimenttracker_pipeline.stages.verdict.queries import insert_verdict
 
 EXP = "exp_sports_v2"  # EXAMPLE_YAML: limited_live, envelope online, medium risk (technical_lead + domain_expert)
 
 
 def register(store, text: str, source: str = "experiments/exp.yaml"):
     experiment = parse_experiment(yaml.safe_load(text), source)
-    assert store.register_experiment(experiment) == "new"
+    assert register_experiment(store, experiment) == "new"
     return experiment
 
 
@@ -50,7 +61,7 @@ def test_contract_is_rebuilt_from_the_stored_declaration_and_recorded_once(onlin
     assert contract.digest == experiment.contract.digest  # the file's contract, whatever the source path
     assert gov.record_contract(online, contract) is True
     assert gov.record_contract(online, contract) is False  # idempotent
-    rows = online.contract_rows(EXP)
+    rows = contract_rows(online, EXP)
     assert len(rows) == 1
     assert rows[0]["contract_json"].encode() == contract.canonical_bytes
     assert cj.digest_bytes(rows[0]["contract_json"].encode()) == rows[0]["contract_digest"] == contract.digest
@@ -78,7 +89,7 @@ def test_approvals_of_an_old_contract_digest_do_not_count(online):
     assert old.digest != current.digest
     gov.record_contract(online, old)
     for who, role in (("alice", "technical_lead"), ("bob", "domain_expert")):
-        online.insert_approval({"experiment_id": EXP, "contract_digest": old.digest, "approver": who, "role": role,
+        insert_approval(online, {"experiment_id": EXP, "contract_digest": old.digest, "approver": who, "role": role,
                                 "note": "approved the 90-day version"})
 
     status = gov.governance_status(online, EXP)
@@ -142,7 +153,7 @@ def test_record_approval_validates_role_and_approver_and_is_append_only(online):
     assert first.new and not again.new
     assert first.approval.approver == "alice" and first.approval.role == "technical_lead"
     assert again.approval == first.approval
-    assert len(online.approval_rows(EXP)) == 1
+    assert len(approval_rows(online, EXP)) == 1
     _rejects(online, "UPDATE approvals SET role = 'legal'")
     _rejects(online, "DELETE FROM approvals")
     if online.dialect == "postgresql":
@@ -164,7 +175,7 @@ def test_assignments_are_deterministic_and_logged_append_only(online):
     assert all(a.variant == "control" for a in first if a.unit_id in forced)
     assert {a.variant for a in first} == {"control", "treatment"}
 
-    rows = online.assignment_rows(EXP, "opp-000042")
+    rows = assignment_rows(online, EXP, "opp-000042")
     assert [(r["variant"], r["reason"], r["detail"], r["contract_digest"]) for r in rows] == \
         [("control", "eth_forced_control", "unit:opp-000042", contract.digest)] * 2
     assert online.scalar("SELECT COUNT(*) FROM assignments WHERE experiment_id = :e", e=EXP) == 1000
@@ -187,13 +198,13 @@ def test_assignments_are_deterministic_and_logged_append_only(online):
 # ---- EvalTrace ------------------------------------------------------------------------------------------
 def _add_evidence(store) -> None:
     """An evaluation, a causal estimate with a harmed segment and a fired stop rule, as the verdict stage writes them."""
-    store.insert_evaluation(EXP, {
+    insert_evaluation(store, EXP, {
         "samples": 250, "verdict": "variant_wins", "ci_method": "always_valid", "ci_95_low": 0.8, "ci_95_high": 3.1,
         "fixed_ci_95_low": 1.0, "fixed_ci_95_high": 2.9, "edge_delta_bps": 1.95, "p_value": 0.001, "power": 0.9,
         "drift_signalled": False,
         "metrics": {"edge_delta_bps": {"estimate": 1.95, "ci_95_low": 0.8, "ci_95_high": 3.1, "n": 250},
                     "slippage_delta_bps": {"estimate": 6.5, "ci_95_low": 5.5, "ci_95_high": 7.5, "n": 250}}})
-    store.insert_causal(EXP, 250, 500, {
+    insert_causal(store, EXP, 250, 500, {
         "harmed_segments": ["sport=tennis"],
         "segments": [{"covariate": "sport", "value": "tennis", "n": 40, "estimate_bps": -7.25, "ci_95_low": -11.5,
                       "ci_95_high": -3.0, "harmed": True},
@@ -222,7 +233,7 @@ def test_trace_exported_twice_gives_the_same_bytes_and_digest(online, tmp_path):
     assert first.digest == cj.digest_bytes((tmp_path / "a.json").read_bytes())
 
     data = first.data
-    latest = max(cj.parse_timestamp(cj.stored_timestamp(v)) for v in online.governance_event_times(EXP).values() if v is not None)
+    latest = max(cj.parse_timestamp(cj.stored_timestamp(v)) for v in governance_event_times(online, EXP).values() if v is not None)
     assert cj.parse_timestamp(data["as_of"]["time"]) == latest and data["created_at"] == data["as_of"]["time"]
     assert data["bindings"]["experiment"] == {"id": EXP, "digest": gov.contract_for(online, EXP).digest}
     assert set(data["bindings"]) >= {"experiment", "eval_surface", "evaluation", "causal"}
@@ -271,9 +282,9 @@ def test_trace_of_a_fresh_experiment_has_no_outcomes(store):
 def test_final_verdict_row_governs_the_surface(online):
     # The look says variant_wins on the paired CI; the final verdict (e.g. on the AIPW basis) is inconclusive.
     _add_evidence(online)
-    evaluation_id = online.latest_row("experiment_evaluations", EXP)["id"]
+    evaluation_id = latest_evaluation(online, EXP)["id"]
     with online.begin() as conn:
-        online.insert_verdict(conn, {
+        insert_verdict(conn, {
             "experiment_id": EXP, "evaluation_id": evaluation_id, "causal_id": None, "samples": 250,
             "verdict": "inconclusive", "basis": "aipw_always_valid", "ci_95_low": -0.5, "ci_95_high": 3.25,
             "edge_delta_bps": 1.25, "drift": False, "report_id": None,

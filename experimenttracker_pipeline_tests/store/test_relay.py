@@ -11,6 +11,7 @@ from experimenttracker_pipeline.settings import DEVELOPER_TOPIC, OPERATIONS_TOPI
 from experimenttracker_pipeline.stages.ingestion import bus
 from experimenttracker_pipeline.stages.publishing.relay import ReportPublishError, publish_outbox
 from experimenttracker_pipeline_tests.support.nats import publish, read_subject
+from experimenttracker_pipeline.stages.publishing.queries import unpublished_count, unpublished_reports
 
 
 def emit(store, n: int, *, start: int = 0) -> list[str]:
@@ -28,11 +29,11 @@ def emit(store, n: int, *, start: int = 0) -> list[str]:
 
 def test_every_report_is_published_once_on_its_subject(store, nats_server, bus_config):
     emitted = emit(store, 25)
-    ids = [r["report_id"] for r in store.unpublished_reports(100)]  # the outbox order: created_at, report_id
+    ids = [r["report_id"] for r in unpublished_reports(store, 100)]  # the outbox order: created_at, report_id
     assert sorted(ids) == sorted(emitted)
     result = publish_outbox(store, bus_config, page=7)
     assert (result.published, result.already_on_bus) == (25, 0)
-    assert store.unpublished_count() == 0
+    assert unpublished_count(store) == 0
     on_stream = read_subject(nats_server.url, "polytraders.reports.>")
     assert [m["msg_id"] for m in on_stream] == ids  # oldest first, one message per report
     assert {m["subject"] for m in on_stream if m["payload"]["report_kind"] == "DeveloperReport"} == {DEVELOPER_TOPIC}
@@ -45,7 +46,7 @@ def test_every_report_is_published_once_on_its_subject(store, nats_server, bus_c
 
 def test_a_crash_after_the_puback_is_deduplicated_by_the_server(store, nats_server, bus_config):
     emit(store, 10)
-    rows = store.unpublished_reports(100)
+    rows = unpublished_reports(store, 100)
     ids = [r["report_id"] for r in rows]
 
     async def publish_without_recording():
@@ -58,7 +59,7 @@ def test_a_crash_after_the_puback_is_deduplicated_by_the_server(store, nats_serv
         await nc.close()
 
     asyncio.run(publish_without_recording())
-    assert store.unpublished_count() == 10
+    assert unpublished_count(store) == 10
     result = publish_outbox(store, bus_config)
     assert (result.published, result.already_on_bus) == (4, 6)
     assert [m["msg_id"] for m in read_subject(nats_server.url, "polytraders.reports.>")] == ids
@@ -72,10 +73,10 @@ def test_an_outage_leaves_the_backlog_in_the_outbox_until_the_bus_is_back(store,
     emit(store, 8, start=5)
     with pytest.raises(bus.ReportBusUnavailable):
         publish_outbox(store, bus_config)
-    assert store.unpublished_count() == 8
+    assert unpublished_count(store) == 8
     nats_server.start()
     result = publish_outbox(store, bus_config)
-    assert result.published == 8 and store.unpublished_count() == 0
+    assert result.published == 8 and unpublished_count(store) == 0
     assert len(read_subject(nats_server.url, "polytraders.reports.>")) == 13
 
 
@@ -84,4 +85,4 @@ def test_a_stream_that_does_not_capture_the_subject_records_nothing(store, nats_
     emit(store, 3)
     with pytest.raises(ReportPublishError):
         publish_outbox(store, bus_config)
-    assert store.unpublished_count() == 3
+    assert unpublished_count(store) == 3

@@ -11,8 +11,12 @@ from experimenttracker_pipeline.stages.samples.recording import (
     record_samples,
     verify_samples,
 )
-from experimenttracker_pipeline.store import ImmutableSampleError
+from experimenttracker_pipeline.stages.samples.recording import ImmutableSampleError
 from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row
+from experimenttracker_pipeline.stages.intervals.queries import cumulative_delta_stats
+from experimenttracker_pipeline.stages.samples.queries import iter_samples, sample_count
+from experimenttracker_pipeline.store.migrations import current_revision, revisions
 
 
 def _setup(store, workdirs, **decl):
@@ -37,7 +41,7 @@ def test_shadow_pairs_late_halves_and_stable_numbering(store, workdirs):
     ])
     first = record_samples(store, "exp_a")
     assert (first.new_samples, first.total_samples, first.orphan_variant) == (2, 2, 1)
-    rows = list(store.iter_samples("exp_a"))
+    rows = list(iter_samples(store, "exp_a"))
     assert [(r["sample_n"], r["variant_report_id"], r["control_report_id"]) for r in rows] == [(1, "v1", "c1"), (2, "v2", "c2")]
     assert rows[0]["edge_delta_bps"] == pytest.approx(100.0) and rows[1]["edge_delta_bps"] == pytest.approx(-50.0)
     assert rows[0]["variant_fill_pusd"] == 200.0 and rows[0]["control_fill_pusd"] == 200.0
@@ -47,7 +51,7 @@ def test_shadow_pairs_late_halves_and_stable_numbering(store, workdirs):
     _ingest(store, workdirs, "b.jsonl", [fill("c3", "c-slug", "live", "k3", t=30)])
     third = record_samples(store, "exp_a")
     assert (third.new_samples, third.first_new_n, third.orphan_variant) == (1, 3, 0)
-    after = list(store.iter_samples("exp_a"))
+    after = list(iter_samples(store, "exp_a"))
     assert after[:2] == rows and after[2]["variant_report_id"] == "v3"
     assert verify_samples(store, "exp_a") == (3, None)
     reports = store.reports("exp_a", "SAMPLE_RECORDED")
@@ -64,7 +68,7 @@ def test_limited_live_pairing(store, workdirs):
         fill("v2", "v-slug", "live", "p5", t=500_000, market="m1"),  # no control within 60 s
     ])
     result = record_samples(store, "exp_a")
-    (row,) = list(store.iter_samples("exp_a"))
+    (row,) = list(iter_samples(store, "exp_a"))
     assert (row["variant_report_id"], row["control_report_id"]) == ("v1", "c_near")
     assert row["assignment_propensity"] == 0.2 and '"liq":"deep"' in row["covariates_json"]
     assert (result.orphan_variant, result.orphan_control) == (1, 2)
@@ -81,7 +85,7 @@ def test_database_rejects_update_delete(store, workdirs):
         with pytest.raises(sa.exc.DatabaseError, match="append-only"):
             with store.begin() as conn:
                 conn.execute(sa.text(statement))
-    assert store.sample_count("exp_a") == 1
+    assert sample_count(store, "exp_a") == 1
 
 
 def _bypass_triggers_and_update(store, sql):
@@ -130,12 +134,12 @@ def test_experiment_started_once_and_conflicting_redeclaration(store, workdirs):
     (workdirs["experiments"] / "e.yaml").write_text(declaration("exp_a", traffic_split_pct=20))
     changed = sync_declarations(store, workdirs["experiments"])
     assert changed.rejected and changed.rejected[0].field == "experiment_id"
-    assert store.get_experiment_row("exp_a")["traffic_split_pct"] == 60
+    assert experiment_row(store, "exp_a")["traffic_split_pct"] == 60
 
 
 def test_migrations_are_recorded_and_idempotent(store):
     assert store.migrate() == []
-    assert "0001_spine.sql" in store.applied_migrations()
+    assert current_revision(store) == revisions()[-1]
 
 
 def test_cumulative_checkpoints_match_numpy(store, workdirs):
@@ -147,8 +151,8 @@ def test_cumulative_checkpoints_match_numpy(store, workdirs):
     _ingest(store, workdirs, "a.jsonl", [r for i, e in enumerate(edges) for r in (
         fill(f"c{i}", "c-slug", "live", f"k{i}", t=i), fill(f"v{i}", "v-slug", "shadow", f"k{i}", t=i, edge=e))])
     record_samples(store, "exp_a")
-    deltas = np.array([r["edge_delta_bps"] for r in store.iter_samples("exp_a")])
-    checkpoints = store.cumulative_delta_stats("exp_a", upto=40, points=8)
+    deltas = np.array([r["edge_delta_bps"] for r in iter_samples(store, "exp_a")])
+    checkpoints = cumulative_delta_stats(store, "exp_a", upto=40, points=8)
     assert [n for n, _, _, _ in checkpoints] == [5, 10, 15, 20, 25, 30, 35, 40]
     for n, s, ss, k in checkpoints:  # sums about the first delta k
         assert k == deltas[0]

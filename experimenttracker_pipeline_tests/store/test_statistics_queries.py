@@ -15,6 +15,14 @@ from experimenttracker_pipeline.stages.intervals.evaluation import compute_inter
 from experimenttracker_pipeline.stages.samples.recording import record_samples
 from experimenttracker_pipeline.stages.verdict.decision import decide
 from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
+from experimenttracker_pipeline.stages.intervals.queries import (
+    cumulative_delta_stats,
+    latest_evaluation,
+    look_delta_stats,
+    metric_stats,
+    winsorized_delta_stats,
+)
+from experimenttracker_pipeline.stages.samples.queries import iter_samples
 
 
 def _feed(store, workdirs, deltas, *, exp_id="exp_a", sizes=None, covariates=None, slippage=None, **decl):
@@ -37,7 +45,7 @@ def _feed(store, workdirs, deltas, *, exp_id="exp_a", sizes=None, covariates=Non
     write_jsonl(workdirs["landing"] / f"{exp_id}.jsonl", records)
     assert ingest_landing(store, workdirs["landing"]).balanced
     record_samples(store, exp_id)
-    return np.array([r["edge_delta_bps"] for r in store.iter_samples(exp_id)])
+    return np.array([r["edge_delta_bps"] for r in iter_samples(store, exp_id)])
 
 
 def test_variance_of_deltas_far_from_zero(store, workdirs):
@@ -49,11 +57,11 @@ def test_variance_of_deltas_far_from_zero(store, workdirs):
     assert 0.5 < reference < 2
     naive = (np.sum(stored**2) - np.sum(stored) ** 2 / stored.size) / (stored.size - 1)
     assert abs(naive - reference) > 0.5 * reference  # what summing about zero would give
-    stats = st.SufficientStats(*store.metric_stats("exp_a")["edge_delta_bps"])
+    stats = st.SufficientStats(*metric_stats(store, "exp_a")["edge_delta_bps"])
     assert stats.n == 300 and stats.mean == pytest.approx(stored.mean(), rel=1e-15)
     assert stats.variance == pytest.approx(reference, rel=1e-9)
     assert stats.skewness == pytest.approx(float(((stored - stored.mean()) ** 3).mean() / stored.var() ** 1.5), abs=1e-6)
-    n, s, ss, k = store.cumulative_delta_stats("exp_a", upto=300, points=3)[-1]
+    n, s, ss, k = cumulative_delta_stats(store, "exp_a", upto=300, points=3)[-1]
     assert st.SufficientStats(n, s, ss, k).variance == pytest.approx(reference, rel=1e-9)
     evaluation = compute_intervals(store, "exp_a").evaluation
     assert evaluation["sd_bps"] == pytest.approx(np.sqrt(reference), rel=1e-5)
@@ -62,13 +70,13 @@ def test_variance_of_deltas_far_from_zero(store, workdirs):
 def test_planned_look_statistics_are_the_prefixes(store, workdirs):
     rng = np.random.default_rng(4)
     stored = _feed(store, workdirs, rng.normal(1.0, 10.0, 250))
-    looks = store.look_delta_stats("exp_a", [50, 100, 150, 300])
+    looks = look_delta_stats(store, "exp_a", [50, 100, 150, 300])
     assert [t[0] for t in looks] == [50, 100, 150]  # the 300-pair look is not reached
     for t in looks:
         s, prefix = st.SufficientStats(*t), stored[: t[0]]
         assert s.mean == pytest.approx(prefix.mean(), rel=1e-12)
         assert s.variance == pytest.approx(prefix.var(ddof=1), rel=1e-9)
-    w = store.winsorized_delta_stats("exp_a", 5.0, upto=100)
+    w = winsorized_delta_stats(store, "exp_a", 5.0, upto=100)
     ref = st.winsorize_values(stored[:100], 5.0)
     mine = st.SufficientStats(w["n"], w["total"], w["total_sq"], w["shift"], w["total_cube"])
     assert mine.mean == pytest.approx(ref.stats.mean, rel=1e-12) and w["n_clipped"] == ref.n_clipped
@@ -80,7 +88,7 @@ def test_fill_size_ratio_is_a_ratio_of_sums_with_delta_method_variance(store, wo
     control = rng.lognormal(5, 0.6, 200)
     variant = control * rng.normal(1.05, 0.1, 200)
     _feed(store, workdirs, rng.normal(0, 5, 200), sizes=list(zip(variant, control)))
-    ratio = st.RatioStats(*store.metric_stats("exp_a")["fill_size_ratio"])
+    ratio = st.RatioStats(*metric_stats(store, "exp_a")["fill_size_ratio"])
     r = variant.sum() / control.sum()
     assert ratio.n == 200 and ratio.ratio == pytest.approx(r, rel=1e-12)
     linear = (variant - r * control) / control.mean()
@@ -149,7 +157,7 @@ def test_fixed_horizon_is_tested_once_at_the_plan(store, workdirs):
     assert evaluation["verdict"] == "inconclusive" and evaluation["look_samples"] == 100
     assert "EXPERIMENT_PAST_PLANNED_SAMPLES" in evaluation["reason_codes"]
     assert evaluation["fixed_ci_95_low"] > 0  # the whole data would say otherwise; it is reported, not tested
-    assert json.loads(store.latest_row("experiment_evaluations", "exp_a")["evaluation_json"])["look_samples"] == 100
+    assert json.loads(latest_evaluation(store, "exp_a")["evaluation_json"])["look_samples"] == 100
 
 
 def test_two_primary_metrics_are_judged_family_wise(store, workdirs):

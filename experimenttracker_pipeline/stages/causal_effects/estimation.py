@@ -9,6 +9,13 @@ from typing import Any
 
 from experimenttracker_pipeline.model.experiment import experiment_from_row
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.causal_effects.queries import (
+    experiment_fills,
+    insert_causal,
+    sample_deltas_with_covariates,
+)
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row
+from experimenttracker_pipeline.stages.samples.queries import sample_count
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +47,14 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
     estimated propensities), segment effects with Holm-corrected CIs (harmed segments) for both modes."""
     from experimenttracker_pipeline.causal import analyse_experiment
 
-    exp = store.get_experiment_row(experiment_id)
+    exp = experiment_row(store, experiment_id)
     if exp is None:
         raise KeyError(f"experiment {experiment_id!r} is not registered")
     experiment = experiment_from_row(exp)
     plan = experiment.causal
-    samples = store.sample_count(experiment_id)
+    samples = sample_count(store, experiment_id)
     if experiment.mode == "limited_live":
-        rows = store.experiment_fills(exp)
+        rows = experiment_fills(store, exp)
         frame, covariates = _covariate_frame(rows)
         arms_present = len(rows) >= MIN_CAUSAL_ROWS and 0 < sum(r["treatment"] for r in rows) < len(rows)
         if arms_present:
@@ -60,7 +67,7 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
                                         instrument=instrument).to_dict()
         fills = len(rows)
     else:
-        rows = store.sample_deltas_with_covariates(experiment_id)
+        rows = sample_deltas_with_covariates(store, experiment_id)
         frame, covariates = _covariate_frame(rows)
         arms_present = len(rows) >= MIN_CAUSAL_ROWS
         if arms_present:
@@ -71,6 +78,6 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
     if not arms_present:
         result = {"warnings": [CAUSAL_INSUFFICIENT_DATA], "n": len(rows), "harmed_segments": [], "segments": [],
                   "seed": CAUSAL_SEED, "detail": f"needs at least {MIN_CAUSAL_ROWS} rows with both arms present"}
-    causal_id = store.insert_causal(experiment_id, samples, fills, result)
+    causal_id = insert_causal(store, experiment_id, samples, fills, result)
     return CausalRun(experiment_id, causal_id, result)
 

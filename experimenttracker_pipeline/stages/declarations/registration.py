@@ -12,6 +12,7 @@ from experimenttracker_pipeline.model.fields import DeclarationError
 from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
 from experimenttracker_pipeline.stages.governance.operations import record_contract
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.declarations.queries import register_experiment
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def sync_declarations(store: Store, experiments_dir: Path, *, default_caliper_se
     loaded = load_declarations(experiments_dir, default_caliper_seconds=default_caliper_seconds)
     sync = DeclarationSync(rejected=list(loaded.errors))
     for experiment in loaded.experiments:  # each validated once, contract included
-        outcome = store.register_experiment(experiment)
+        outcome = register_experiment(store, experiment)
         if outcome == "conflict":
             sync.rejected.append(DeclarationError(
                 experiment.source_file, "experiment_id",

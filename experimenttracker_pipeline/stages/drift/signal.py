@@ -13,6 +13,9 @@ from experimenttracker_pipeline.stages.drift.registry import (
     StrategyRegistry,
 )
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row
+from experimenttracker_pipeline.stages.drift.queries import insert_signal, mark_signal, signals
+from experimenttracker_pipeline.stages.verdict.queries import latest_verdict
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,8 @@ class DriftResult:
 def signal_drift(store: Store, experiment_id: str, registry: StrategyRegistry) -> DriftResult:
     """Record one drift signal per experiment when its latest verdict says the variant underperforms, then
     deliver every pending signal of the experiment (an outage leaves them pending for the next attempt)."""
-    exp = store.get_experiment_row(experiment_id)
-    latest = store.latest_row("experiment_verdicts", experiment_id)
+    exp = experiment_row(store, experiment_id)
+    latest = latest_verdict(store, experiment_id)
     signalled = False
     if exp is not None and latest is not None and latest["drift"]:
         experiment = experiment_from_row(exp)
@@ -48,7 +51,7 @@ def signal_drift(store: Store, experiment_id: str, registry: StrategyRegistry) -
         key = f"{experiment_id}:drift:{latest['id']}"
         payload["idempotency_key"] = key
         with store.begin() as conn:
-            signalled = store.insert_signal(conn, {
+            signalled = insert_signal(conn, {
                 "idempotency_key": key, "experiment_id": experiment_id, "variant_slug": experiment.variant_slug,
                 "signal_type": DRIFT_SIGNAL, "verdict_id": latest["id"], "payload_json": json.dumps(payload, sort_keys=True, default=str)})
             if signalled:
@@ -63,15 +66,15 @@ def signal_drift(store: Store, experiment_id: str, registry: StrategyRegistry) -
 def deliver_pending(store: Store, registry: StrategyRegistry, experiment_id: str | None = None) -> tuple[int, int]:
     """Try to deliver pending signals once each; returns (delivered now, still pending)."""
     delivered = pending = 0
-    for signal in store.signals(experiment_id, status="pending"):
+    for signal in signals(store, experiment_id, status="pending"):
         try:
             registry.send_drift_signal(json.loads(signal["payload_json"]), signal["idempotency_key"])
         except RegistryUnavailable as exc:
             log.warning("drift signal %s not delivered yet: %s", signal["idempotency_key"], exc)
-            store.mark_signal(signal["id"], delivered=False, error=str(exc))
+            mark_signal(store, signal["id"], delivered=False, error=str(exc))
             pending += 1
             continue
-        store.mark_signal(signal["id"], delivered=True)
+        mark_signal(store, signal["id"], delivered=True)
         delivered += 1
     return delivered, pending
 

@@ -53,6 +53,23 @@ from experimenttracker_pipeline.stages.governance.risk import (
     evaluate_governance,
 )
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row
+from experimenttracker_pipeline.stages.governance.queries import (
+    append_assignments,
+    approval_rows,
+    assignment_counts,
+    contract_rows,
+    governance_event_times,
+    insert_approval,
+    record_contract_row,
+    stop_rule_reports,
+    units_assigned_off_control,
+)
+from experimenttracker_pipeline.stages.intervals.queries import latest_evaluation
+from experimenttracker_pipeline.stages.promotion.queries import promotions, signoffs
+from experimenttracker_pipeline.stages.samples.queries import sample_head
+from experimenttracker_pipeline.stages.verdict.queries import latest_verdict
 
 __all__ = [
     "KNOWN_ROLES", "GovernanceError", "UnknownExperimentError", "InvalidApprovalError", "RecordedApproval",
@@ -88,7 +105,7 @@ class RecordedApproval:
 
 # ---- contracts -------------------------------------------------------------------------------------
 def _experiment_row(store: Store, experiment_id: str) -> dict[str, Any]:
-    row = store.get_experiment_row(experiment_id)
+    row = experiment_row(store, experiment_id)
     if row is None:
         raise UnknownExperimentError(f"unknown experiment {experiment_id!r}")
     return row
@@ -105,7 +122,7 @@ def contract_for(store: Store, experiment_id: str) -> ExperimentContract:
 def record_contract(store: Store, contract: ExperimentContract) -> bool:
     """Store the contract's canonical JSON, digest, risk level and required roles; True when new (idempotent)."""
     risk = assess_risk(contract)
-    return store.record_contract_row({
+    return record_contract_row(store, {
         "experiment_id": contract.experiment_id, "contract_digest": contract.digest,
         "contract_json": contract.canonical_bytes.decode("utf-8"), "risk_level": risk.level,
         "required_roles": cj.canonical_json(list(risk.required_reviewers)).decode("utf-8"),
@@ -131,7 +148,7 @@ def _approval_records(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
 
 def approvals_for(store: Store, experiment_id: str) -> list[Approval]:
     """Every approval recorded for the experiment (all contract digests), oldest first."""
-    return [Approval.of(r) for r in _approval_records(store.approval_rows(experiment_id))]
+    return [Approval.of(r) for r in _approval_records(approval_rows(store, experiment_id))]
 
 
 def record_approval(store: Store, experiment_id: str, approver: str, role: str,
@@ -150,7 +167,7 @@ def record_approval(store: Store, experiment_id: str, approver: str, role: str,
         text = _clean_text(note, "note", MAX_NOTE_LENGTH)
     contract = contract_for(store, experiment_id)
     record_contract(store, contract)
-    row, new = store.insert_approval({"experiment_id": experiment_id, "contract_digest": contract.digest,
+    row, new = insert_approval(store, {"experiment_id": experiment_id, "contract_digest": contract.digest,
                                       "approver": who, "role": role_norm, "note": text})
     approval = Approval.of(_approval_records([row])[0])
     status = evaluate_governance(contract, approvals_for(store, experiment_id))
@@ -211,7 +228,7 @@ def assign_units(store: Store, experiment_id: str, unit_ids: Sequence[str], mark
     if log and out:
         record_contract(store, contract)
         digest = contract.digest
-        store.append_assignments([a.to_record(experiment_id, digest) for a in out])
+        append_assignments(store, [a.to_record(experiment_id, digest) for a in out])
     return out
 
 
@@ -353,7 +370,7 @@ def _assignment_summary(store: Store, contract: ExperimentContract,
     forced_kind: Counter[str] = Counter()
     other = 0
     findings: list[dict[str, Any]] = []
-    for r in store.assignment_counts(contract.experiment_id):
+    for r in assignment_counts(store, contract.experiment_id):
         n = int(r["n"])
         if r["reason"] == REASON_ETH_FORCED_CONTROL:
             findings.append({"finding": "eth_forced_control", "detail": r["detail"], "count": n,
@@ -372,7 +389,7 @@ def _assignment_summary(store: Store, contract: ExperimentContract,
     summary["logged_under_other_contracts"] = other
     forbidden = contract.eth_constraints.forbid_units
     if forbidden:
-        for r in store.units_assigned_off_control(contract.experiment_id, sorted(forbidden), contract.control.id):
+        for r in units_assigned_off_control(store, contract.experiment_id, sorted(forbidden), contract.control.id):
             findings.append({"finding": "eth_forbidden_unit_randomised", "reason_code": ETH_FORBIDDEN_UNIT_RANDOMISED,
                              "unit_id": r["unit_id"], "variant": r["variant"], "count": int(r["n"]),
                              "contract_digest": r["contract_digest"]})
@@ -383,7 +400,7 @@ def _assignment_summary(store: Store, contract: ExperimentContract,
 
 def _stop_rules_fired(store: Store, experiment_id: str) -> list[dict[str, Any]]:
     out = []
-    for r in store.stop_rule_reports(experiment_id):
+    for r in stop_rule_reports(store, experiment_id):
         doc = _loads(r["payload_json"])
         detail = doc.get("detail")
         out.append({"rule": doc.get("rule"), "reason_code": r["event_type"], "action": doc.get("action", "stop"),
@@ -410,15 +427,15 @@ def build_trace(store: Store, experiment_id: str, *, created_at: datetime | str 
     row = _experiment_row(store, experiment_id)
     contract = experiment_from_row(row).contract
     plan = AssignmentPlan.from_contract(contract)
-    as_of = _latest_time(contract, store.governance_event_times(experiment_id))
+    as_of = _latest_time(contract, governance_event_times(store, experiment_id))
 
-    evaluation_row = store.latest_row("experiment_evaluations", experiment_id)
-    verdict_row = store.latest_row("experiment_verdicts", experiment_id)
-    causal_row = store.latest_row("causal_estimates", experiment_id)
+    evaluation_row = latest_evaluation(store, experiment_id)
+    verdict_row = latest_verdict(store, experiment_id)
+    causal_row = latest_causal(store, experiment_id)
     outcomes, stat_verdicts = _outcomes(contract, verdict_row, evaluation_row)
 
     bindings: dict[str, Any] = {}
-    head = store.sample_head(experiment_id)
+    head = sample_head(store, experiment_id)
     if head is not None:
         bindings["samples"] = {"id": f"experiment_samples/{experiment_id}/{int(head['sample_n'])}",
                                "digest": cj.DIGEST_PREFIX + head["sample_hash"]}
@@ -434,18 +451,18 @@ def build_trace(store: Store, experiment_id: str, *, created_at: datetime | str 
         "envelope_mode": contract.polb_config.envelope_mode, "mode_name": contract.polb_config.mode_name,
         "rollout_strategy": contract.polb_config.rollout_strategy,
         "max_population_share_bp": contract.polb_config.max_population_share_bp}]
-    for c in store.contract_rows(experiment_id):
+    for c in contract_rows(store, experiment_id):
         polb = _loads(c["contract_json"]).get("polb_config") or {}
         history.append({"at": cj.stored_timestamp(c["recorded_at"]), "event": "contract_recorded", "contract_digest": c["contract_digest"],
                         "risk_level": c["risk_level"], "envelope_mode": polb.get("envelope_mode"),
                         "current": c["contract_digest"] == contract.digest})
-    for p in store.promotion_rows(experiment_id):
+    for p in promotions(store, experiment_id):
         history.append({"at": cj.stored_timestamp(p["promoted_at"]), "event": "promoted", "variant_slug": p["variant_slug"],
                         "verdict": p["verdict"], "report_id": p["report_id"]})
     history.append({"at": as_of, "event": "status", "status": row["status"]})
 
-    signoffs = [{"approver": s["approver"], "verdict": s["verdict"], "report_id": s["report_id"], "note": s["note"],
-                 "signed_at": cj.stored_timestamp(s["signed_at"])} for s in store.signoff_rows(experiment_id)]
+    signed = [{"approver": s["approver"], "verdict": s["verdict"], "report_id": s["report_id"], "note": s["note"],
+                 "signed_at": cj.stored_timestamp(s["signed_at"])} for s in signoffs(store, experiment_id)]
     head_n = int(head["sample_n"]) if head is not None else 0
     return build_eval_trace(
         contract, as_of=as_of, created_at=created_at, outcomes=outcomes or None,
@@ -453,7 +470,7 @@ def build_trace(store: Store, experiment_id: str, *, created_at: datetime | str 
         verdict=_verdict_section(verdict_row, evaluation_row), assignments=assignments,
         stop_rules_fired=_stop_rules_fired(store, experiment_id), eth_findings=eth_findings,
         harmed_segments=_harmed_segments(causal_row), approvals=approvals_for(store, experiment_id),
-        signoffs=signoffs, polb_history=history, bindings=bindings,
+        signoffs=signed, polb_history=history, bindings=bindings,
     )
 
 

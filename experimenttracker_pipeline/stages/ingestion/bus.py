@@ -32,7 +32,8 @@ from experimenttracker_pipeline.stages.ingestion.validation import (
     bounded_raw_text,
     validate_line,
 )
-from experimenttracker_pipeline.store import BusBatchAccount, QuarantineRow, Store, StoreUnavailable
+from experimenttracker_pipeline.store import Store, StoreUnavailable
+from experimenttracker_pipeline.stages.ingestion.queries import BusBatchAccount, QuarantineRow, ingest_bus_batch
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def store_deliveries(store: Store, stream: str, deliveries: list[tuple[int, Fill
     (a message the database refuses), store the messages one by one and quarantine each one that still fails
     as REPORT_UNPROCESSABLE, so one poison message never blocks the others."""
     try:
-        return [store.ingest_bus_batch(stream=stream, deliveries=deliveries, run_id=run_id)]
+        return [ingest_bus_batch(store, stream=stream, deliveries=deliveries, run_id=run_id)]
     except StoreUnavailable:
         raise
     except Exception as exc:
@@ -300,7 +301,7 @@ def store_deliveries(store: Store, stream: str, deliveries: list[tuple[int, Fill
     accounts = []
     for seq, item in deliveries:
         try:
-            accounts.append(store.ingest_bus_batch(stream=stream, deliveries=[(seq, item)], run_id=run_id))
+            accounts.append(ingest_bus_batch(store, stream=stream, deliveries=[(seq, item)], run_id=run_id))
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -308,7 +309,7 @@ def store_deliveries(store: Store, stream: str, deliveries: list[tuple[int, Fill
             row = QuarantineRow(seq, REPORT_UNPROCESSABLE, _storable(f"could not be stored: {_describe(exc)}")[:1000],
                                 bounded_raw_text(raw.get(seq, b"")), _storable_or_none(report_id))
             log.warning("bus message %s:%d quarantined as %s: %s", stream, seq, REPORT_UNPROCESSABLE, row.detail)
-            accounts.append(store.ingest_bus_batch(stream=stream, deliveries=[(seq, row)], run_id=run_id))
+            accounts.append(ingest_bus_batch(store, stream=stream, deliveries=[(seq, row)], run_id=run_id))
     return accounts
 
 

@@ -12,7 +12,13 @@ from experimenttracker_pipeline.stages.ingestion.validation import (
     bounded_raw_text,
     validate_line,
 )
-from experimenttracker_pipeline.store import QuarantineRow, Store
+from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.ingestion.queries import (
+    QuarantineRow,
+    ingest_batch,
+    landing_state,
+    reset_landing_offset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ def ingest_landing(store: Store, landing_dir: Path, *, chunk_lines: int = 50_000
     A trailing line without its newline is a write in progress: it is left for the next run.
     """
     result = IngestionResult()
-    state = store.landing_state()
+    state = landing_state(store)
     for path in landing_files(landing_dir):
         result.files_seen += 1
         key = str(path.resolve())
@@ -65,7 +71,7 @@ def ingest_landing(store: Store, landing_dir: Path, *, chunk_lines: int = 50_000
         if size < offset:
             log.warning("landing file %s shrank (%d < %d bytes): reading it again from the start", path, size, offset)
             result.rotated_files.append(key)
-            store.reset_landing_offset(key, line_no)
+            reset_landing_offset(store, key, line_no)
             offset = 0
         if size == offset:
             continue
@@ -103,7 +109,7 @@ def _ingest_chunk(store: Store, result: IngestionResult, source: str, lines: lis
             fills.append((line_number, outcome))
         else:
             rejections.append(QuarantineRow(line_number, outcome.reason_code, outcome.detail, bounded_raw_text(body), outcome.report_id))
-    account = store.ingest_batch(source_file=source, from_offset=start, to_offset=end, first_line=first_line,
+    account = ingest_batch(store, source_file=source, from_offset=start, to_offset=end, first_line=first_line,
                                  size_seen=size, fills=fills, rejections=rejections, run_id=run_id)
     result.lines_read += account.lines_read
     result.accepted += account.accepted

@@ -16,7 +16,19 @@ from experimenttracker_pipeline.stages.verdict.rule import (
     EvaluationPolicy,
     evaluate,
 )
-from experimenttracker_pipeline.store import METRIC_EXPRESSIONS, RATIO_METRICS, Store
+from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row
+from experimenttracker_pipeline.stages.intervals.queries import (
+    METRIC_EXPRESSIONS,
+    RATIO_METRICS,
+    arm_fill_counts,
+    covariate_stats,
+    insert_evaluation,
+    look_delta_stats,
+    metric_stats,
+    winsorized_delta_stats,
+)
+from experimenttracker_pipeline.stages.samples.queries import pairing_state
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +94,7 @@ def _regression(store: Store, experiment_id: str, experiment: Experiment, edge: 
         return None, None
     names = list(adjust_for)
     centres = [adjust_for[c] for c in names]
-    cov = store.covariate_stats(experiment_id, names)
+    cov = covariate_stats(store, experiment_id, names)
     report: dict[str, Any] = {"covariates": names, "centres": centres, "pairs_missing_covariates": cov["missing"],
                               "applied": False, "verdict_basis": False}
     if cov["missing"]:
@@ -116,7 +128,7 @@ class IntervalsResult:
 
 
 def _winsorized(store: Store, experiment_id: str, pct: float, upto: int | None = None) -> st.SufficientStats | None:
-    w = store.winsorized_delta_stats(experiment_id, pct, upto=upto)
+    w = winsorized_delta_stats(store, experiment_id, pct, upto=upto)
     if w is None:
         return None
     return st.SufficientStats(w["n"], w["total"], w["total_sq"], w["shift"], w["total_cube"])
@@ -127,13 +139,13 @@ def compute_intervals(store: Store, experiment_id: str) -> IntervalsResult:
     `experiment_evaluations` (append-only). Planned looks of a group-sequential or fixed-horizon design are
     analysed on their own first n_k pairs (one grouped aggregate), so their result never changes and data past
     the plan are not tested again. Impossible or non-finite statistics raise ``InvalidStatistics``."""
-    exp = store.get_experiment_row(experiment_id)
+    exp = experiment_row(store, experiment_id)
     if exp is None:
         raise KeyError(f"experiment {experiment_id!r} is not registered")
     experiment = experiment_from_row(exp)
     plan = experiment.statistics
     policy = policy_of(experiment)
-    metric_sums = store.metric_stats(experiment_id)
+    metric_sums = metric_stats(store, experiment_id)
     edge = st.SufficientStats(*metric_sums["edge_delta_bps"])
     winsorized = None
     if plan.winsorize_pct:
@@ -143,16 +155,16 @@ def compute_intervals(store: Store, experiment_id: str) -> IntervalsResult:
     raw_looks: list[st.SufficientStats] | None = None
     if design is not None:
         reached = design.look_samples[:design.looks_reached(edge.n)]
-        raw_looks = [st.SufficientStats(*t) for t in store.look_delta_stats(experiment_id, reached)]
+        raw_looks = [st.SufficientStats(*t) for t in look_delta_stats(store, experiment_id, reached)]
         look_stats = raw_looks
         if plan.winsorize_pct:
             look_stats = [_winsorized(store, experiment_id, plan.winsorize_pct, upto=m) for m in reached]
     adjusted, adjustment_report = _regression(store, experiment_id, experiment, edge)
     variant_count = control_count = None
     if experiment.mode == "limited_live":
-        variant_count, control_count = store.arm_fill_counts(exp)
+        variant_count, control_count = arm_fill_counts(store, exp)
     # Pairing keeps MAX(recorded_at_ms) in experiment_pairing_state: no scan of the samples for it.
-    last_ms = (store.pairing_states_for(experiment_id) or {}).get("last_sample_at_ms")
+    last_ms = (pairing_state(store, experiment_id) or {}).get("last_sample_at_ms")
     samples_per_day = None
     started_ms = experiment.started_at_ms
     if last_ms is not None and edge.n and last_ms > started_ms:
@@ -175,5 +187,5 @@ def compute_intervals(store: Store, experiment_id: str) -> IntervalsResult:
     evaluation["metrics"] = to_json(metrics)
     evaluation["samples_per_day"] = samples_per_day
     evaluation["last_sample_at_ms"] = last_ms
-    evaluation_id = store.insert_evaluation(experiment_id, evaluation)
+    evaluation_id = insert_evaluation(store, experiment_id, evaluation)
     return IntervalsResult(experiment_id, evaluation_id, evaluation)

@@ -17,6 +17,7 @@ from typing import Any
 
 from experimenttracker_pipeline.stages.ingestion.bus import BusConfig, ReportBusUnavailable, run_on_bus, ensure_stream
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.publishing.queries import record_publications, unpublished_reports
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def publish_outbox(store: Store, config: BusConfig, *, page: int = 500, limit: i
         js = nc.jetstream(timeout=config.api_timeout_seconds)
         await ensure_stream(js, config)
         while limit is None or result.published + result.already_on_bus < limit:
-            rows = store.unpublished_reports(page if limit is None else min(page, limit - result.published - result.already_on_bus))
+            rows = unpublished_reports(store, page if limit is None else min(page, limit - result.published - result.already_on_bus))
             if not rows:
                 break
             futures = [await js.publish_async(row["topic"], row["payload_json"].encode("utf-8"),
@@ -58,7 +59,7 @@ def publish_outbox(store: Store, config: BusConfig, *, page: int = 500, limit: i
                     continue
                 done.append({"report_id": row["report_id"], "subject": row["topic"], "stream": ack.stream,
                              "stream_seq": int(ack.seq), "duplicate": bool(ack.duplicate)})
-            store.record_publications(done)  # after the PubAcks, never before
+            record_publications(store, done)  # after the PubAcks, never before
             result.published += sum(1 for d in done if not d["duplicate"])
             result.already_on_bus += sum(1 for d in done if d["duplicate"])
             if errors:

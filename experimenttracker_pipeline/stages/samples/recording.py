@@ -15,12 +15,28 @@ from experimenttracker_pipeline.stages.samples.pairing import (
     sample_hash,
     verify_chain,
 )
-from experimenttracker_pipeline.store import ImmutableSampleError, Store
+from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row
+from experimenttracker_pipeline.stages.samples.queries import (
+    append_samples,
+    get_sample,
+    iter_samples,
+    last_sample_time,
+    lock_experiment,
+    sample_tail,
+    save_pairing_state,
+    unpaired_candidates,
+)
 
 log = logging.getLogger(__name__)
 
 
 SAMPLE_RECORDED = "SAMPLE_RECORDED"
+
+
+class ImmutableSampleError(RuntimeError):
+    """An attempt to change recorded samples, or a broken chain found before appending."""
+
 
 @dataclass
 class SamplingResult:
@@ -37,26 +53,26 @@ class SamplingResult:
 
 def record_samples(store: Store, experiment_id: str) -> SamplingResult:
     """Pair the experiment's unpaired fills and append the new pairs as samples (never renumbering old ones)."""
-    exp = store.get_experiment_row(experiment_id)
+    exp = experiment_row(store, experiment_id)
     if exp is None:
         raise KeyError(f"experiment {experiment_id!r} is not registered; declare it in the experiments folder")
     with store.begin() as conn:
-        store.lock_experiment(conn, experiment_id)
-        tail_n, tail_hash = store.sample_tail(conn, experiment_id)
+        lock_experiment(conn, experiment_id)
+        tail_n, tail_hash = sample_tail(conn, experiment_id)
         if tail_n:
             _check_tail(store, conn, experiment_id, tail_n, tail_hash)
-        variants, controls = store.unpaired_candidates(conn, exp)
+        variants, controls = unpaired_candidates(conn, exp)
         if exp["mode"] == "shadow_only":
             pairs = pair_shadow(variants, controls)
         else:
             pairs = pair_limited_live(variants, controls, caliper_ms=int(round(exp["caliper_seconds"] * 1000)))
         rows = build_sample_rows(experiment_id, pairs, first_n=tail_n + 1, prev_hash=tail_hash)
-        store.append_samples(conn, rows)
+        append_samples(conn, rows)
         total = tail_n + len(rows)
         # The newest sample time so far: the previous state's, or a newer pair's (no scan of the samples).
-        previous_last = store.last_sample_time_state(conn, experiment_id)
+        previous_last = last_sample_time(conn, experiment_id)
         last_at = max([t for t in [previous_last, *(r["recorded_at_ms"] for r in rows)] if t is not None], default=None)
-        store.save_pairing_state(conn, experiment_id, total, len(variants) - len(pairs), len(controls) - len(pairs), last_at,
+        save_pairing_state(conn, experiment_id, total, len(variants) - len(pairs), len(controls) - len(pairs), last_at,
                                  appended=len(rows))
         batch_mean = sum(r["edge_delta_bps"] for r in rows) / len(rows) if rows else None
         if rows:
@@ -75,7 +91,7 @@ def record_samples(store: Store, experiment_id: str) -> SamplingResult:
 
 def _check_tail(store: Store, conn: Any, experiment_id: str, tail_n: int, tail_hash: str) -> None:
     """Refuse to extend a chain whose last row no longer matches its hash (tampering since the last run)."""
-    row = store.get_sample(conn, experiment_id, tail_n)
+    row = get_sample(conn, experiment_id, tail_n)
     if sample_hash(row, row["prev_hash"]) != tail_hash:
         raise ImmutableSampleError(f"{experiment_id}: sample {tail_n} no longer matches its hash; refusing to append")
 
@@ -86,7 +102,7 @@ def verify_samples(store: Store, experiment_id: str) -> tuple[int, ChainBreak | 
 
     def counted():
         nonlocal count
-        for row in store.iter_samples(experiment_id):
+        for row in iter_samples(store, experiment_id):
             count += 1
             yield row
 

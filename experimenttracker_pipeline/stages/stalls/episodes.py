@@ -7,6 +7,8 @@ from typing import Any
 
 from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.samples.queries import sensor_snapshot
+from experimenttracker_pipeline.stages.stalls.queries import open_stall, open_stalls, resolve_stall
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,7 @@ def apply_stall_changes(store: Store, changes: list, now_ms: int) -> list[dict[s
     emitted = []
     for change in changes:
         if change.action == "stall":
-            episode = store.open_stall(change.experiment_id, change.reason, change.detail, now_ms)
+            episode = open_stall(store, change.experiment_id, change.reason, change.detail, now_ms)
             if episode is None:
                 continue
             event, severity = EXPERIMENT_STALLED, "WARN"
@@ -28,7 +30,7 @@ def apply_stall_changes(store: Store, changes: list, now_ms: int) -> list[dict[s
                        "stall_id": episode["id"], "message": "Report bus unavailable or silent; sampling paused."}
             key = f"{EXPERIMENT_STALLED}:{change.experiment_id}:{episode['id']}"
         else:
-            episode = store.resolve_stall(change.experiment_id, now_ms)
+            episode = resolve_stall(store, change.experiment_id, now_ms)
             if episode is None:
                 continue
             event, severity = EXPERIMENT_RESUMED, "INFO"
@@ -50,6 +52,6 @@ def apply_bus_state(store: Store, bus_error: str | None, now_ms: int) -> list[di
     Stalls for other reasons are left to the stall sensor."""
     from experimenttracker_pipeline.orchestration.due_work import REPORT_BUS_UNAVAILABLE, stall_changes
 
-    changes = [c for c in stall_changes(store.sensor_snapshot(), store.open_stalls(), now_ms=now_ms, window_ms=2**62,
+    changes = [c for c in stall_changes(sensor_snapshot(store), open_stalls(store), now_ms=now_ms, window_ms=2**62,
                                         bus_error=bus_error) if c.reason == REPORT_BUS_UNAVAILABLE]
     return apply_stall_changes(store, changes, now_ms)

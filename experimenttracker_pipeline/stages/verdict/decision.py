@@ -18,6 +18,10 @@ from experimenttracker_pipeline.stages.verdict.assembly import (
 )
 from experimenttracker_pipeline.stages.verdict.rule import materially_changed
 from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal
+from experimenttracker_pipeline.stages.declarations.queries import experiment_row
+from experimenttracker_pipeline.stages.intervals.queries import latest_evaluation
+from experimenttracker_pipeline.stages.verdict.queries import insert_verdict, last_reported_verdict
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +37,13 @@ class VerdictResult:
 def decide(store: Store, experiment_id: str) -> VerdictResult:
     """Combine the latest look with the latest causal estimates into the verdict; emit EXPERIMENT_RESULT (or
     EXPERIMENT_INSUFFICIENT_SAMPLES) only when the verdict or the evidence changed materially."""
-    row = store.get_experiment_row(experiment_id)
-    evaluation_row = store.latest_row("experiment_evaluations", experiment_id)
+    row = experiment_row(store, experiment_id)
+    evaluation_row = latest_evaluation(store, experiment_id)
     if row is None or evaluation_row is None:
         raise KeyError(f"experiment {experiment_id!r} has no evaluation yet; materialize confidence_intervals first")
     experiment = experiment_from_row(row)
     evaluation = json.loads(evaluation_row["evaluation_json"])
-    causal_row = store.latest_row("causal_estimates", experiment_id)
+    causal_row = latest_causal(store, experiment_id)
     causal = json.loads(causal_row["result_json"]) if causal_row else None
     governance = governance_ops.governance_status(store, experiment_id, experiment.contract)
 
@@ -48,7 +52,7 @@ def decide(store: Store, experiment_id: str) -> VerdictResult:
     final = assembled.final
     if assembled.promotion_blocked:
         governance_ops.flag_unapproved(store, experiment_id, contract=experiment.contract, status=governance)
-    previous = store.last_reported_verdict(experiment_id)
+    previous = last_reported_verdict(store, experiment_id)
     report = None
     with store.begin() as conn:
         if materially_changed(previous, final):
@@ -62,7 +66,7 @@ def decide(store: Store, experiment_id: str) -> VerdictResult:
                 store.emit_report(conn, event_type=rule.reason_code, severity="WARN",
                                   dedupe_key=f"{rule.reason_code}:{experiment_id}", experiment_id=experiment_id,
                                   topic=OPERATIONS_TOPIC, payload=rule.to_report(experiment_id))
-        verdict_id = store.insert_verdict(conn, {
+        verdict_id = insert_verdict(conn, {
             "experiment_id": experiment_id, "evaluation_id": evaluation_row["id"],
             "causal_id": causal_row["id"] if causal_row else None, "samples": final["samples"],
             "verdict": final["verdict"], "basis": final["basis"], "ci_95_low": final["ci_95_low"],
