@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, sql in QUERIES.items():
             def one(sql=sql):
                 with store.begin() as conn:
-                    conn.execute(sa.text(sql)).all()
+                    conn.execute(sql).all()
             print(f"  {name:<24} {statistics.median(_time(one, 20)) * 1000:7.1f} ms")
     finally:
         store.dispose()

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.store import Store, schema
 
 RUNNING_STATUSES = ("active", "stalled")  # experiments that are expected to keep sampling
 
@@ -32,25 +32,31 @@ class StoreReadings:
 
 
 # Every statement a scrape runs, by name (the scrape benchmark times them one by one).
-QUERIES = {
-    "experiments_by_status": "SELECT status, COUNT(*) FROM experiments GROUP BY status",
-    "experiments_by_verdict": "SELECT verdict, COUNT(DISTINCT experiment_id) FROM experiment_verdicts GROUP BY verdict",
-    "running": "SELECT e.experiment_id, e.status, COALESCE(p.samples, 0), COALESCE(p.last_appended_at_ms, e.registered_at_ms) "
-               "FROM experiments e LEFT JOIN experiment_pairing_state p ON p.experiment_id = e.experiment_id "
-               "WHERE e.status IN ('active', 'stalled') ORDER BY e.experiment_id",
-    "edge_delta_bps": "SELECT v.experiment_id, v.edge_delta_bps FROM experiment_evaluations v JOIN (SELECT experiment_id, "
-                      "MAX(id) AS id FROM experiment_evaluations GROUP BY experiment_id) m ON m.id = v.id "
-                      "WHERE v.edge_delta_bps IS NOT NULL",
-    "drift_signals_by_slug": "SELECT variant_slug, COUNT(*) FROM strategy_registry_signals GROUP BY variant_slug",
-    "signals_by_status": "SELECT delivery_status, COUNT(*) FROM strategy_registry_signals GROUP BY delivery_status",
-    "pending_signals": "SELECT SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), MIN(created_at) FROM strategy_registry_signals "
-                       "WHERE delivery_status = 'pending'",
-    "quarantined_by_reason": "SELECT reason_code, COUNT(*) FROM quarantined_reports GROUP BY reason_code",
-    "ingested": "SELECT COALESCE(SUM(accepted), 0), COALESCE(SUM(duplicates), 0), COALESCE(SUM(quarantined), 0), "
-                "COALESCE(SUM(ignored), 0) FROM ingestion_batches",
-    "unpublished_reports": "SELECT COUNT(*) FROM operations_reports r WHERE NOT EXISTS "
-                           "(SELECT 1 FROM report_publications p WHERE p.report_id = r.report_id)",
-    "stage_durations": "SELECT stage, runs, total_seconds, last_seconds FROM stage_durations",
+_e, _p, _v = schema.experiments.c, schema.experiment_pairing_state.c, schema.experiment_evaluations.c
+_sig, _b = schema.strategy_registry_signals.c, schema.ingestion_batches.c
+_latest_evaluation = sa.select(sa.func.max(_v.id).label("id")).group_by(_v.experiment_id).subquery()
+QUERIES: dict[str, sa.Select] = {
+    "experiments_by_status": sa.select(_e.status, sa.func.count()).group_by(_e.status),
+    "experiments_by_verdict": sa.select(schema.experiment_verdicts.c.verdict,
+                                        sa.func.count(schema.experiment_verdicts.c.experiment_id.distinct()))
+                              .group_by(schema.experiment_verdicts.c.verdict),
+    "running": sa.select(_e.experiment_id, _e.status, sa.func.coalesce(_p.samples, 0),
+                         sa.func.coalesce(_p.last_appended_at_ms, _e.registered_at_ms))
+               .select_from(schema.experiments.outerjoin(schema.experiment_pairing_state, _p.experiment_id == _e.experiment_id))
+               .where(_e.status.in_(RUNNING_STATUSES)).order_by(_e.experiment_id),
+    "edge_delta_bps": sa.select(_v.experiment_id, _v.edge_delta_bps)
+                      .join(_latest_evaluation, _latest_evaluation.c.id == _v.id).where(_v.edge_delta_bps.is_not(None)),
+    "drift_signals_by_slug": sa.select(_sig.variant_slug, sa.func.count()).group_by(_sig.variant_slug),
+    "signals_by_status": sa.select(_sig.delivery_status, sa.func.count()).group_by(_sig.delivery_status),
+    "pending_signals": sa.select(sa.func.sum(sa.case((_sig.attempts > 0, 1), else_=0)), sa.func.min(_sig.created_at))
+                       .where(_sig.delivery_status == "pending"),
+    "quarantined_by_reason": sa.select(schema.quarantined_reports.c.reason_code, sa.func.count())
+                             .group_by(schema.quarantined_reports.c.reason_code),
+    "ingested": sa.select(*(sa.func.coalesce(sa.func.sum(column), 0) for column in (_b.accepted, _b.duplicates, _b.quarantined, _b.ignored))),
+    "unpublished_reports": sa.select(sa.func.count()).select_from(schema.operations_reports).where(
+        ~sa.exists().where(schema.report_publications.c.report_id == schema.operations_reports.c.report_id)),
+    "stage_durations": sa.select(schema.stage_durations.c.stage, schema.stage_durations.c.runs,
+                                 schema.stage_durations.c.total_seconds, schema.stage_durations.c.last_seconds),
 }
 
 
@@ -58,7 +64,7 @@ def read_store(store: Store) -> StoreReadings:
     """One consistent read of everything the metrics and the health check report (one transaction)."""
     out = StoreReadings()
     with store.begin() as conn:
-        rows = {name: conn.execute(sa.text(sql)).all() for name, sql in QUERIES.items()}
+        rows = {name: conn.execute(query).all() for name, query in QUERIES.items()}
     out.experiments_by_status = {r[0]: int(r[1]) for r in rows["experiments_by_status"]}
     out.experiments_by_verdict = {r[0]: int(r[1]) for r in rows["experiments_by_verdict"]}
     out.running = [{"experiment_id": r[0], "status": r[1], "samples": int(r[2]), "last_ms": r[3]} for r in rows["running"]]
