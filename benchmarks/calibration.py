@@ -34,7 +34,7 @@ from scipy import stats as sps
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import experimenttracker_pipeline.stats as st  # noqa: E402
-from experimenttracker_pipeline.model.contract import build_contract  # noqa: E402
+from experimenttracker_pipeline.model.experiment import parse_experiment  # noqa: E402
 from experimenttracker_pipeline.stages.verdict.rule import EvaluationPolicy, evaluate  # noqa: E402
 from experimenttracker_pipeline.stages.verdict.surface import decide  # noqa: E402
 from experimenttracker_pipeline.stats import SufficientStats  # noqa: E402
@@ -278,7 +278,7 @@ def two_primaries(args, rng) -> dict:
            "started_at": "2026-05-01T00:00:00Z",
            "eval_surface": {"objectives": {"primary": [{"name": "edge_delta_bps", "weight_bp": 10000},
                                                        {"name": "fill_quality_delta", "weight_bp": 5000}]}}}
-    contract = build_contract(raw=raw)
+    contract = parse_experiment(raw, "benchmark").contract
     policy = EvaluationPolicy()
     ns = np.arange(policy.min_samples_for_decision, args.max_pairs + 1, args.look_every)
     n_tune = policy.tuning_samples()
@@ -330,7 +330,7 @@ def three_treatments(args, rng) -> dict:
            "variants": {"control": {"slug": "c", "traffic_share_bp": 7000},
                         "a": {"slug": "a", "traffic_share_bp": 1000}, "b": {"slug": "b", "traffic_share_bp": 1000},
                         "d": {"slug": "d", "traffic_share_bp": 1000}}}
-    contract = build_contract(raw=raw)
+    contract = parse_experiment(raw, "benchmark").contract
     ids = [v.id for v in contract.treatments]
     policy = EvaluationPolicy(treatments=3)
     ns = np.arange(policy.min_samples_for_decision, args.max_pairs + 1, args.look_every)
