@@ -55,7 +55,13 @@ def publish_reports(context: dg.OpExecutionContext, store: ExperimentStoreResour
     if config is None:
         context.log.info("no report bus configured: reports stay in the operations_reports outbox")
         return
-    result = publish_outbox(store.get_store(), config)
+    try:
+        result = publish_outbox(store.get_store(), config)
+    except ReportBusUnavailable as exc:
+        # Like ingestion: an outage is reported by the stall sensor, not by failing runs; the rows stay in the
+        # outbox and report_relay_sensor requests the relay again once the bus answers.
+        context.log.warning(f"report bus unavailable, reports stay in the outbox: {exc}")
+        return
     context.log.info(f"reports published: {result.published}, already on the bus: {result.already_on_bus}")
 
 
