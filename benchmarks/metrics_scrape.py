@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'full scrape (store reads + text rendering)':<44} {s50:8.1f}ms {pct(scrape_times, .95):8.1f}ms")
         print(f"ratio scrape / bare (median): {s50 / b50:.1f}x; response {len(body) / 1024:.0f} KiB, {series} series")
         reads = statistics.median(_time(lambda: read_store(store), args.rounds)) * 1000
-        print(f"of which store reads {reads:.1f} ms, rendering the text about {s50 - reads:.1f} ms; per statement (median):")
+        print(f"store reads alone (one transaction, median): {reads:.1f} ms; per statement (median):")
         for name, sql in QUERIES.items():
             def one(sql=sql):
                 with store.begin() as conn:
