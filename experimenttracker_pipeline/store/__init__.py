@@ -12,6 +12,7 @@ import json
 import operator
 import secrets
 import sqlite3
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ class StoreUnavailable(RuntimeError):
 
 class ImmutableSampleError(RuntimeError):
     """An attempt to change recorded samples, or a broken chain found before appending."""
+
+
+class LandingOffsetMoved(RuntimeError):
+    """Another process stored the same chunk of a landing file first; nothing of this chunk was written."""
 
 
 def new_ulid() -> str:
@@ -234,15 +239,21 @@ class Store:
             rows = conn.execute(sa.text("SELECT path, byte_offset, lines_read, size_seen FROM landing_files")).mappings()
             return {r["path"]: {"byte_offset": r["byte_offset"], "lines_read": r["lines_read"], "size_seen": r["size_seen"]} for r in rows}
 
+    def landing_offset(self, path: str) -> dict[str, int] | None:
+        rows = self.rows("SELECT byte_offset, lines_read, size_seen FROM landing_files WHERE path = :p", p=path)
+        return rows[0] if rows else None
+
     def ingest_batch(self, *, source_file: str, from_offset: int, to_offset: int, first_line: int, size_seen: int,
                      fills: Sequence[tuple[int, Fill]], rejections: Sequence[QuarantineRow], run_id: str | None = None) -> BatchAccount:
         """Store one chunk of a landing file atomically: accepted fills, duplicates, quarantine rows, the new
         file offset and the chunk's accounting row commit together or not at all."""
         with self.begin() as conn:
+            # The chunk is stored only if the file's offset is still where this reader started: another process
+            # that read the same lines first makes this one roll back instead of counting them twice.
+            lines_read = len(fills) + len(rejections)
+            self._advance_landing_offset(conn, source_file, from_offset, to_offset, first_line - 1 + lines_read, size_seen)
             stored = self._store_reports(conn, source_file=source_file, from_offset=from_offset, to_offset=to_offset,
                                          first_line=first_line, fills=fills, rejections=rejections, run_id=run_id)
-            lines_read = len(fills) + len(rejections)
-            self._set_landing_offset(conn, source_file, to_offset, first_line - 1 + lines_read, size_seen)
         return stored.account
 
     def ingest_bus_batch(self, *, stream: str, deliveries: Sequence[tuple[int, Fill | QuarantineRow | None]],
@@ -364,6 +375,20 @@ class Store:
         return _StoredReports(account, int(batch_id), {line for line, _ in new_fills}, {q.line_number for q in quarantine},
                               reasons)
 
+    def _advance_landing_offset(self, conn: Connection, path: str, from_offset: int, to_offset: int, lines_read: int,
+                                size_seen: int) -> None:
+        now = "now()" if self.dialect == "postgresql" else "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+        moved = conn.execute(sa.text(
+            f"UPDATE landing_files SET byte_offset = :o, lines_read = :n, size_seen = :s, updated_at = {now} "
+            "WHERE path = :p AND byte_offset = :from_offset"),
+            {"p": path, "o": to_offset, "n": lines_read, "s": size_seen, "from_offset": from_offset}).rowcount
+        if not moved and from_offset == 0:
+            moved = conn.execute(sa.text(
+                "INSERT INTO landing_files (path, byte_offset, lines_read, size_seen) VALUES (:p, :o, :n, :s) "
+                "ON CONFLICT (path) DO NOTHING"), {"p": path, "o": to_offset, "n": lines_read, "s": size_seen}).rowcount
+        if not moved:
+            raise LandingOffsetMoved(f"{path}: another ingestion stored bytes from offset {from_offset} first")
+
     def _set_landing_offset(self, conn: Connection, path: str, offset: int, lines_read: int, size_seen: int) -> None:
         conn.execute(sa.text(
             "INSERT INTO landing_files (path, byte_offset, lines_read, size_seen) VALUES (:p, :o, :n, :s) "
@@ -472,15 +497,23 @@ class Store:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7423003, hashtext(:e))"), {"e": experiment_id})
 
     def save_pairing_state(self, conn: Connection, experiment_id: str, samples: int, orphan_variant: int,
-                           orphan_control: int, last_sample_at_ms: int | None, appended: int = 0) -> None:
+                           orphan_control: int, last_sample_at_ms: int | None, appended: int = 0,
+                           paired_through_batch: int | None = None) -> None:
         conn.execute(sa.text(
             "INSERT INTO experiment_pairing_state (experiment_id, samples, orphan_variant, orphan_control, last_sample_at_ms, "
-            "last_appended_at_ms) VALUES (:e, :n, :ov, :oc, :t, :appended_at) ON CONFLICT (experiment_id) DO UPDATE SET "
+            "last_appended_at_ms, paired_through_batch) VALUES (:e, :n, :ov, :oc, :t, :appended_at, :through) "
+            "ON CONFLICT (experiment_id) DO UPDATE SET "
             "samples = excluded.samples, orphan_variant = excluded.orphan_variant, orphan_control = excluded.orphan_control, "
             "last_sample_at_ms = excluded.last_sample_at_ms, updated_at = excluded.updated_at, "
-            "last_appended_at_ms = COALESCE(excluded.last_appended_at_ms, experiment_pairing_state.last_appended_at_ms)"),
+            "last_appended_at_ms = COALESCE(excluded.last_appended_at_ms, experiment_pairing_state.last_appended_at_ms), "
+            "paired_through_batch = COALESCE(excluded.paired_through_batch, experiment_pairing_state.paired_through_batch)"),
             {"e": experiment_id, "n": samples, "ov": orphan_variant, "oc": orphan_control, "t": last_sample_at_ms,
-             "appended_at": int(time.time() * 1000) if appended else None})
+             "appended_at": int(time.time() * 1000) if appended else None, "through": paired_through_batch})
+
+    def newest_batch(self, conn: Connection) -> int:
+        """The newest committed ingestion batch id. Read at the start of a pairing transaction: ingestion commits
+        batches in id order (serialised), so every fill of a batch up to this id is visible to that pairing."""
+        return int(conn.execute(sa.text("SELECT COALESCE(MAX(id), 0) FROM ingestion_batches")).scalar())
 
     def pairing_states_for(self, experiment_id: str) -> dict[str, Any] | None:
         rows = self.rows("SELECT * FROM experiment_pairing_state WHERE experiment_id = :e", e=experiment_id)
@@ -980,12 +1013,65 @@ class Store:
         return json.loads(rows[0]["payload_json"]) if rows else None
 
     # ---- continuous operation: sensor reads and stall episodes ----------------------------------------------
-    def sensor_snapshot(self) -> list[dict[str, Any]]:
-        """Per experiment, what the sensors need, in one query over small tables (never sample rows)."""
+    def sensor_snapshot(self, experiment_id: str | None = None) -> list[dict[str, Any]]:
+        """Per experiment (or the one named), what the sensors and `run` decide from, in one query over small
+        tables (never sample rows): counts, the pairing watermark and the sample count of the latest verdict (the
+        evaluation watermark)."""
+        where = "WHERE e.experiment_id = :e " if experiment_id is not None else ""
         return self.rows(
             "SELECT e.experiment_id, e.status, e.mode, e.variant_slug, e.control_slug, e.min_samples_for_decision, "
-            "e.registered_at_ms, COALESCE(p.samples, 0) AS samples, p.last_appended_at_ms FROM experiments e "
-            "LEFT JOIN experiment_pairing_state p ON p.experiment_id = e.experiment_id ORDER BY e.experiment_id")
+            "e.registered_at_ms, e.source_file, COALESCE(p.samples, 0) AS samples, p.last_appended_at_ms, "
+            "p.paired_through_batch, (SELECT v.samples FROM experiment_verdicts v WHERE v.experiment_id = e.experiment_id "
+            "ORDER BY v.id DESC LIMIT 1) AS evaluated_samples FROM experiments e "
+            "LEFT JOIN experiment_pairing_state p ON p.experiment_id = e.experiment_id "
+            f"{where}ORDER BY e.experiment_id", e=experiment_id)
+
+    def known_experiment_ids(self, experiment_ids: Sequence[str]) -> set[str]:
+        """The ids among ``experiment_ids`` that are registered experiments."""
+        query = sa.text("SELECT experiment_id FROM experiments WHERE experiment_id IN :ids").bindparams(
+            sa.bindparam("ids", expanding=True))
+        known: set[str] = set()
+        with self.begin() as conn:
+            for start in range(0, len(experiment_ids), 5_000):
+                batch = list(experiment_ids[start:start + 5_000])
+                if batch:
+                    known.update(r[0] for r in conn.execute(query, {"ids": batch}))
+        return known
+
+    def newest_batch_by_slug(self) -> dict[str, int]:
+        """strategy_slug -> the newest ingestion batch that brought fills of it."""
+        rows = self.rows("SELECT strategy_slug, MAX(batch_id) AS newest FROM ingestion_batch_slugs GROUP BY strategy_slug")
+        return {r["strategy_slug"]: int(r["newest"]) for r in rows}
+
+    @contextmanager
+    def advisory_lock(self, namespace: int, key: str) -> Iterator[None]:
+        """Hold a lock named (namespace, key) across transactions and processes until the block ends.
+
+        PostgreSQL: a session advisory lock on a connection held for the block. SQLite: an exclusive ``flock`` on a
+        file next to the database (processes sharing a SQLite store share its host)."""
+        if self.dialect == "postgresql":
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_lock(:n, hashtext(:k))"), {"n": namespace, "k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:n, hashtext(:k))"), {"n": namespace, "k": key})
+                    conn.commit()
+            return
+        import fcntl
+        import hashlib
+
+        database = sa.engine.make_url(self.url).database
+        folder = Path(f"{database}.locks") if database and database != ":memory:" else Path(tempfile.gettempdir()) / "experimenttracker-locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(f"{namespace}:{key}".encode()).hexdigest()[:32]
+        with open(folder / name, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def batch_slugs_since(self, batch_id: int) -> tuple[int, dict[str, int]]:
         """(newest ingestion batch id, fills per strategy slug in batches after ``batch_id``)."""
