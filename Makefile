@@ -23,10 +23,13 @@ demo: $(STAMP)
 PYTEST := $(BIN)/pytest -n 2 --dist loadfile -q -p no:cacheprovider
 TESTS := experimenttracker_pipeline_tests
 
-# The live tests need nats-server (they start private ones) and promtool/prometheus: installed when missing.
+# The live tests need nats-server (they start private ones) and promtool/prometheus: installed when missing. The
+# Celery test needs Redis on 127.0.0.1:6379 (its broker): installed and started when missing.
 live-tools:
 	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || apt-get install -y nats-server
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt-get install -y prometheus
+	@command -v redis-server >/dev/null 2>&1 || apt-get install -y redis-server
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --bind 127.0.0.1 --port 6379 --daemonize yes >/dev/null
 
 test: $(STAMP) live-tools
 	$(PYTEST) $(PYTEST_ARGS) $(TESTS)
@@ -43,6 +46,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/calibration.py
 	$(BIN)/python benchmarks/bus_ingest.py
 	$(BIN)/python benchmarks/metrics_scrape.py
+	$(BIN)/python benchmarks/orchestration.py
 
 # Prometheus metrics and the health check of the same data folder (see README "Running it live").
 serve: $(STAMP)

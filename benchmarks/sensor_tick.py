@@ -22,12 +22,12 @@ launched it and it had finished, because the sensors look their previous request
 
 Three phases, each sensor ticking with its own cursor carried from tick to tick:
 
-* cold: the first tick of each sensor (fresh cursor: 1,000 evaluation requests, one pairing request per
-  experiment with fills, ...; the stores' first connection and migration check);
+* cold: the first tick of each sensor (fresh cursor: one experiment_pass_job request covering the 1,000 experiments
+  that are due; the stores' first connection and migration check);
 * steady (``--ticks`` ticks): nothing changes between ticks; the first of these also prunes the cold tick's
   1,000 finished requests from the cursor and is shown separately as "prune";
 * active (``--ticks`` ticks): between ticks one landing file grows by 50 lines and is ingested, and 10
-  experiments' sample counts grow by 10% (each tick requests 1 ingestion, ~5 pairings, 10 evaluations).
+  experiments' sample counts grow by 10% (each tick requests 1 ingestion and 1 pass over the experiments due).
 
 Then one report-bus outage episode: the landing folder disappears (every experiment stalls, 1,000
 EXPERIMENT_STALLED) and comes back (1,000 EXPERIMENT_RESUMED), one stall tick each.
@@ -79,9 +79,8 @@ from experimenttracker_pipeline.settings import normalise_db_url
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
 
-SENSORS = [("new_reports_sensor", sensors.new_reports_sensor), ("pairing_sensor", sensors.pairing_sensor),
-           ("sample_threshold_sensor", sensors.sample_threshold_sensor), ("stall_sensor", sensors.stall_sensor),
-           ("new_experiments_sensor", sensors.new_experiments_sensor)]
+SENSORS = [("new_reports_sensor", sensors.new_reports_sensor), ("experiment_pass_sensor", sensors.experiment_pass_sensor),
+           ("stall_sensor", sensors.stall_sensor), ("new_experiments_sensor", sensors.new_experiments_sensor)]
 STALL_WINDOW_S = 3600.0
 
 
@@ -131,7 +130,7 @@ class Ticker:
     def __init__(self, name: str, sensor: dg.SensorDefinition, instance: dg.DagsterInstance, resources: dict[str, Any]):
         self.name, self.sensor, self.instance, self.resources = name, sensor, instance, resources
         self.cursor: str | None = None
-        self.job_name = sensor.job_name if sensor.has_jobs else "none"
+        self.job_name = sensor.job_name if sensor.targets else "none"
 
     def tick(self) -> tuple[float, int]:
         context = dg.build_sensor_context(instance=self.instance, resources=self.resources, cursor=self.cursor)
@@ -262,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
                 conn.execute(sa.text("UPDATE experiment_pairing_state SET samples = CAST(samples * 1.1 AS BIGINT) + 1, "
                                      "last_appended_at_ms = :t WHERE experiment_id = ANY(:ids)"),
                              {"t": int(time.time() * 1000), "ids": bumped})
-            for name in ("pairing_sensor", "sample_threshold_sensor", "stall_sensor", "new_experiments_sensor"):
+            for name in ("experiment_pass_sensor", "stall_sensor", "new_experiments_sensor"):
                 ms, n = tickers[name].tick()
                 results[name]["active"].append(ms)
                 results[name]["active_requests"] += n

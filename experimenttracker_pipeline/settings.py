@@ -144,6 +144,13 @@ class Settings:
     sensor_retry_seconds: float = 300.0
     evaluation_step_pct: float = 10.0
     evaluation_step_n: int = 1
+    # Batching: experiments per Dagster run of experiment_pass_job, and its steps (each a Celery task with Celery).
+    pass_run_size: int = 1000
+    pass_steps: int = 8
+    # Where the steps of experiment_pass_job run: in the run's process, or on Celery workers.
+    executor: str = "in_process"
+    celery_broker: str = "redis://127.0.0.1:6379/0"
+    celery_backend: str = "redis://127.0.0.1:6379/1"
     # Dagster's own instance (runs, events, schedules).
     dagster_home: Path | None = None
     dagster_pg_url: str | None = None
@@ -184,6 +191,11 @@ class Settings:
             sensor_retry_seconds=env.number("EXPERIMENTTRACKER_SENSOR_RETRY_SECONDS", 300.0),
             evaluation_step_pct=env.number("EXPERIMENTTRACKER_EVALUATION_STEP_PCT", 10.0, inclusive=True),
             evaluation_step_n=env.whole("EXPERIMENTTRACKER_EVALUATION_STEP_N", 1),
+            pass_run_size=env.whole("EXPERIMENTTRACKER_PASS_RUN_SIZE", 1000),
+            pass_steps=env.whole("EXPERIMENTTRACKER_PASS_STEPS", 8),
+            executor=env.choice("EXPERIMENTTRACKER_EXECUTOR", "in_process", ("in_process", "celery")),
+            celery_broker=env.text("EXPERIMENTTRACKER_CELERY_BROKER") or "redis://127.0.0.1:6379/0",
+            celery_backend=env.text("EXPERIMENTTRACKER_CELERY_BACKEND") or "redis://127.0.0.1:6379/1",
             dagster_home=Path(home).resolve() if home else None,
             dagster_pg_url=env.db_url("EXPERIMENTTRACKER_DAGSTER_PG_URL", None),
             dagster_pg_password=env.text("EXPERIMENTTRACKER_DAGSTER_PG_PASSWORD"),

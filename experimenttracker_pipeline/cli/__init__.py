@@ -1,14 +1,18 @@
 """`experimenttracker` command line: demo, run, status (and, with part 2, signoff).
 
 Exit codes: 0 success; 1 a pipeline run failed; 2 bad settings, bad arguments or an unreachable store (one line
-on stderr saying why).
+on stderr saying why); 130 / 143 `run` or `backfill` stopped by SIGINT / SIGTERM (the in-flight run is canceled
+between two experiments; a re-run continues where it stopped).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,8 +26,9 @@ from experimenttracker_pipeline.store.migrations import MigrationError
 from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal_all
 from experimenttracker_pipeline.stages.declarations.queries import experiment_row, experiment_rows, set_experiment_status
 from experimenttracker_pipeline.stages.drift.queries import signals
+from experimenttracker_pipeline.stages.ingestion.queries import landing_state, newest_batch_by_slug
 from experimenttracker_pipeline.stages.publishing.queries import unpublished_count
-from experimenttracker_pipeline.stages.samples.queries import pairing_states
+from experimenttracker_pipeline.stages.samples.queries import pairing_states, sensor_snapshot
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdicts
 
 
@@ -46,68 +51,195 @@ def _store(settings: Settings, *, migrate: bool = True) -> Store:
 def _dagster_instance(settings: Settings):
     import dagster as dg
 
-    from experimenttracker_pipeline.orchestration.instance import ensure_instance_home
+    from experimenttracker_pipeline.orchestration.instance import (
+        ensure_instance_home,
+        instance_lock,
+        pool_storage_connections,
+    )
 
     # Runs land in a persistent instance under the data folder (or $DAGSTER_HOME), so `dagster dev` with the
-    # same DAGSTER_HOME shows the CLI's runs in its history.
-    ensure_instance_home(settings)
-    return dg.DagsterInstance.get()
+    # same DAGSTER_HOME shows the CLI's runs in its history. Opened under a lock: two processes starting together
+    # on a fresh DAGSTER_HOME must not both create Dagster's tables.
+    home = ensure_instance_home(settings)
+    with instance_lock(home):
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)
+    pool_storage_connections(instance)
+    return instance
 
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = None, out=sys.stdout, verbose: bool = False) -> bool:
-    """Run ingestion once, then every (or the named) experiment partition once, in-process through Dagster."""
+def _execute(job, instance, out, label: str, **kwargs):
+    """Execute one Dagster run in-process, in a worker thread: the main thread keeps the CLI's SIGINT/SIGTERM
+    handlers (Dagster replaces a main thread's handlers and raises inside the running step), so a stop request
+    reaches the run as a flag it honours between experiments. Returns (result, status name)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"dagster-{label}", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.25)
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    status = instance.get_run_by_id(result.run_id).status.value
+    word = "success" if status == "SUCCESS" else status
+    print(f"{label}: {word} (run {result.run_id})", file=out)
+    if status == "FAILURE":
+        for event in result.all_events:
+            if event.is_step_failure:
+                error = event.step_failure_data.error
+                print(f"  {event.step_key}: {error.message.strip().splitlines()[0] if error else 'failed'}", file=out)
+    return result, status
+
+
+def _announce(signum: int) -> None:
+    name = signal.Signals(signum).name
+    print(f"\nexperimenttracker: {name} received: stopping after the current experiment (send it again to exit at once)",
+          file=sys.stderr, flush=True)
+
+
+def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = None, out=sys.stdout, verbose: bool = False,
+                 run_size: int | None = None, label: str = "run") -> int:
+    """Bring the store up to date, doing only what is due (read from the store's watermarks): register new
+    declarations and ingest new report lines (`ingest_job`), then pair and evaluate every experiment with new fills
+    or a changed sample count in a few `experiment_pass_job` runs of up to ``run_size`` experiments. With nothing
+    due it says so and starts no run. Returns the exit code: 0, 1 (a run failed), or 128 + the signal number when
+    SIGINT/SIGTERM stopped it (what finished and what did not is printed; a re-run continues from there)."""
     from experimenttracker_pipeline.definitions import build_definitions
+    from experimenttracker_pipeline.orchestration import due_work, stopping
 
     store = _store(settings)
     instance = _dagster_instance(settings)
-    definitions = build_definitions(settings)
-    ok = True
-    run_config = None if verbose else QUIET_RUN_CONFIG
-    bus_up = _report_bus_state(settings, store, out)
-    ingest_config = {**(run_config or {}), "ops": {"raw_reports": {"config": {"bus_drain": True}}}}
-    ingest = definitions.resolve_job_def("ingest_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=ingest_config)
-    print(f"ingest_job: {'success' if ingest.success else 'FAILED'} (run {ingest.run_id})", file=out)
-    ok &= ingest.success
-    targets = list(experiment_ids) if experiment_ids else [
-        r["experiment_id"] for r in experiment_rows(store) if r["status"] != "paused"]
-    experiment_job = definitions.resolve_job_def("experiment_job")
-    for experiment_id in targets:
-        if experiment_id not in instance.get_dynamic_partitions("experiments"):
-            raise CliError(f"unknown experiment {experiment_id!r}: declare it in {settings.experiments_dir}")
-        result = experiment_job.execute_in_process(
-            instance=instance, partition_key=experiment_id, raise_on_error=False, run_config=run_config)
-        print(f"experiment_job[{experiment_id}]: {'success' if result.success else 'FAILED'} (run {result.run_id})", file=out)
-        ok &= result.success
-    if bus_up:
-        relay = definitions.resolve_job_def("report_relay_job").execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config)
-        print(f"report_relay_job: {'success' if relay.success else 'FAILED'} (run {relay.run_id}; "
-              f"{unpublished_count(store)} reports unpublished)", file=out)
-        ok &= relay.success
-    return ok
+    stop = stopping.STOP
+    rule = due_work.EvaluationRule("growth")
+    run_size = run_size or settings.pass_run_size
+    run_config = {} if verbose else dict(QUIET_RUN_CONFIG)
+    definitions = None
+    ok, ran = True, 0
+
+    def job(name: str):
+        nonlocal definitions
+        definitions = definitions or build_definitions(settings)
+        return definitions.resolve_job_def(name)
+
+    def stopped(detail: str) -> int:
+        print(f"experimenttracker: stopped on {stop.signal_name}: {detail}", file=out)
+        return stop.exit_code
+
+    # 1. declarations and report lines (stat and offsets only; the report bus's consumer backlog when it is up)
+    bus = _report_bus_state(settings, store, out)
+    try:
+        declarations = due_work.declarations_due(
+            due_work.folder_stats(settings.experiments_dir, (".yaml", ".yml")),
+            {str(Path(r["source_file"]).resolve()): r["registered_at_ms"] for r in sensor_snapshot(store) if r["source_file"]})
+    except OSError:
+        declarations = {}
+    try:
+        behind = due_work.files_behind(
+            due_work.folder_signature(settings.landing_dir, (".jsonl",), recursive=True), landing_state(store))
+    except OSError:
+        # With a live bus the landing folder is only the backfill path and may not exist; otherwise ingest_job
+        # reports the unreadable report bus archive.
+        behind = {} if bus.configured and not settings.landing_dir.exists() else {"<landing folder unreadable>": 0}
+    if declarations or behind or bus.outstanding:
+        if stop.requested():
+            return stopped("nothing started")
+        ran += 1
+        _, status = _execute(job("ingest_job"), instance, out, "ingest_job", tags={"experimenttracker/cli": label},
+                             run_config={**run_config, "ops": {"raw_reports": {"config": {"bus_drain": True}}}})
+        if status == "CANCELED":
+            left = due_work.files_behind(due_work.folder_signature(settings.landing_dir, (".jsonl",), recursive=True),
+                                         landing_state(store))
+            return stopped(f"ingestion stopped between two committed chunks; {len(left)} landing file(s) not read to the end")
+        ok &= status == "SUCCESS"
+    # 2. partitions: one per stored experiment, none without one (Dagster's view of what exists)
+    partitions = instance.get_dynamic_partitions("experiments")
+    snapshot = sensor_snapshot(store)
+    add, delete = due_work.partition_changes(partitions, [r["experiment_id"] for r in snapshot])
+    if add:
+        instance.add_dynamic_partitions("experiments", add)
+    for key in delete:
+        instance.delete_dynamic_partition("experiments", key)
+    if delete:
+        print(f"removed partitions no declared experiment backs: {', '.join(delete)}", file=out)
+    if experiment_ids:
+        unknown = sorted(set(experiment_ids) - {r["experiment_id"] for r in snapshot})
+        if unknown:
+            raise CliError(f"no such experiment: {', '.join(unknown)} (declare it in {settings.experiments_dir})")
+    # 3. experiments with new fills or a changed sample count
+    due = due_work.due_experiments(snapshot, newest_batch_by_slug(store), rule, only=experiment_ids or None)
+    targets = [d.experiment_id for d in due]
+    for batch in due_work.chunks(targets, run_size):
+        if stop.requested():
+            break
+        ran += 1
+        _, status = _execute(job("experiment_pass_job"), instance, out, f"experiment_pass_job[{len(batch)} experiments]",
+                             run_config={"experiment_ids": batch, "evaluation": rule.kind,
+                                         **({} if verbose else {"console_log_level": "WARNING"})},
+                             tags={"experimenttracker/cli": label, "experimenttracker/experiments": str(len(batch))})
+        ok &= status in ("SUCCESS", "CANCELED")
+    if stop.requested():
+        left = {d.experiment_id for d in due_work.due_experiments(sensor_snapshot(store), newest_batch_by_slug(store),
+                                                                  rule, only=targets)}
+        done = [t for t in targets if t not in left]
+        pending = [t for t in targets if t in left]
+        return stopped(f"{len(done)} of {len(targets)} experiment(s) finished"
+                       + (f"; not finished: {', '.join(pending)}" if pending else "")
+                       + f" (run `experimenttracker {label}` again to continue)")
+    # 4. drift signals a registry outage left pending
+    if signals(store, status="pending"):
+        ran += 1
+        _, status = _execute(job("signal_delivery_job"), instance, out, "signal_delivery_job", run_config=run_config)
+        ok &= status == "SUCCESS"
+    # 5. reports waiting in the outbox for the report bus
+    if bus.up and unpublished_count(store):
+        ran += 1
+        _, status = _execute(job("report_relay_job"), instance, out, "report_relay_job", run_config=run_config)
+        print(f"  {unpublished_count(store)} reports unpublished", file=out)
+        ok &= status == "SUCCESS"
+    if not ran:
+        print(f"nothing new: {len(snapshot)} experiment(s) up to date, no new declarations or report lines", file=out)
+    return 0 if ok else 1
 
 
-def _report_bus_state(settings: Settings, store: Store, out) -> bool:
+@dataclass
+class _BusState:
+    configured: bool = False
+    up: bool = False
+    outstanding: int = 0  # messages waiting for the consumer
+
+
+def _report_bus_state(settings: Settings, store: Store, out) -> _BusState:
     """With a report bus configured: stall every active experiment while it cannot be reached
-    (EXPERIMENT_STALLED once, REPORT_BUS_UNAVAILABLE), resume them when it answers. True when the bus is up."""
+    (EXPERIMENT_STALLED once, REPORT_BUS_UNAVAILABLE), resume them when it answers; and how many messages wait."""
     import time
 
-    from experimenttracker_pipeline.stages.ingestion.bus import BusConfig, report_bus_error
+    from experimenttracker_pipeline.stages.ingestion.bus import BusConfig, ReportBusUnavailable, consumer_backlog, report_bus_error
     from experimenttracker_pipeline.stages.stalls.episodes import apply_bus_state
 
     config = BusConfig.from_settings(settings)
     if config is None:
-        return False
+        return _BusState()
     error = report_bus_error(config)
     for report in apply_bus_state(store, error, int(time.time() * 1000)):
         print(f"{report['event_type']} {report['experiment_id']} ({report['reason']})", file=out)
     if error:
         print(f"report bus unavailable: {error}; samples wait on the bus, experiments resume when it answers", file=out)
-    return error is None
+        return _BusState(configured=True)
+    try:
+        outstanding = consumer_backlog(config).outstanding
+    except ReportBusUnavailable:
+        outstanding = 1  # unknown: let ingest_job find out
+    return _BusState(configured=True, up=True, outstanding=outstanding)
 
 
 def _serve(settings: Settings, host: str, port: int) -> int:
@@ -128,56 +260,12 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     return 0
 
 
-def contiguous_chunks(ordered_keys: Sequence[str], wanted: Sequence[str], per_run: int) -> list[list[str]]:
-    """Group the wanted partition keys into runs of at most ``per_run`` keys that are adjacent in the partition
-    order (a ranged run covers every key between its ends)."""
-    wanted_set = set(wanted)
-    chunks: list[list[str]] = []
-    current: list[str] = []
-    for key in ordered_keys:
-        if key in wanted_set and len(current) < per_run:
-            current.append(key)
-            continue
-        if current:
-            chunks.append(current)
-        current = [key] if key in wanted_set else []
-    if current:
-        chunks.append(current)
-    return chunks
-
-
 def run_backfill(settings: Settings, *, experiment_ids: Sequence[str] = (), per_run: int = 25, out=sys.stdout,
-                 verbose: bool = False) -> bool:
-    """Ingest a (historical) archive and declarations once, then evaluate the experiment partitions in ranged runs
-    of up to ``per_run`` experiments. Re-running changes nothing already recorded."""
-    from experimenttracker_pipeline.definitions import build_definitions
-
-    store = _store(settings)
-    instance = _dagster_instance(settings)
-    definitions = build_definitions(settings)
-    run_config = None if verbose else QUIET_RUN_CONFIG
-    tags = {"experimenttracker/backfill": "cli"}
-    ingest = definitions.resolve_job_def("ingest_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config, tags=tags)
-    print(f"ingest_job: {'success' if ingest.success else 'FAILED'} (run {ingest.run_id})", file=out)
-    ordered = instance.get_dynamic_partitions("experiments")
-    targets = list(experiment_ids) or [r["experiment_id"] for r in experiment_rows(store)]
-    unknown = [t for t in targets if t not in ordered]
-    if unknown:
-        raise CliError(f"unknown experiment(s) {', '.join(unknown)}: declare them in {settings.experiments_dir}")
-    ok = ingest.success
-    job = definitions.resolve_job_def("experiment_job")
-    for chunk in contiguous_chunks(ordered, targets, max(1, per_run)):
-        if len(chunk) == 1:
-            result = job.execute_in_process(instance=instance, partition_key=chunk[0], raise_on_error=False,
-                                            run_config=run_config, tags=tags)
-        else:
-            result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config, tags={
-                **tags, "dagster/asset_partition_range_start": chunk[0], "dagster/asset_partition_range_end": chunk[-1]})
-        label = chunk[0] if len(chunk) == 1 else f"{chunk[0]}..{chunk[-1]} ({len(chunk)} experiments)"
-        print(f"experiment_job[{label}]: {'success' if result.success else 'FAILED'} (run {result.run_id})", file=out)
-        ok &= result.success
-    return ok
+                 verbose: bool = False) -> int:
+    """Ingest a (historical) archive and declarations once, then pair and evaluate its experiments in runs of up
+    to ``per_run`` experiments (`run` on other folders). Re-running changes nothing already recorded."""
+    return run_pipeline(settings, experiment_ids=list(experiment_ids) or None, out=out, verbose=verbose,
+                        run_size=max(1, per_run), label="backfill")
 
 
 def status_rows(store: Store) -> list[dict[str, Any]]:
@@ -245,17 +333,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     # Dagster flags beta parameters (backfill_policy, sensor owners) on every import: noise for a CLI user.
-    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
     parser = argparse.ArgumentParser(prog="experimenttracker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="write demo declarations and a demo report archive into the data folder, then run")
     demo.add_argument("--no-run", action="store_true", help="only write the demo files")
-    run = sub.add_parser("run", help="migrate, load declarations, ingest, pair and evaluate every experiment once")
-    run.add_argument("experiment_ids", nargs="*", help="only these experiment partitions (default: all)")
+    run = sub.add_parser("run", help="migrate, then do what is due: register new declarations, ingest new report lines, "
+                                     "pair and evaluate the experiments with new fills or samples (nothing new: no run)")
+    run.add_argument("experiment_ids", nargs="*", help="only these experiments (default: all)")
     for command in (demo, run):
         command.add_argument("--verbose", action="store_true", help="show Dagster's step-by-step log")
-    backfill = sub.add_parser("backfill", help="ingest an archive of old report files and declarations, then evaluate "
-                                               "each experiment partition (ranged runs)")
+    backfill = sub.add_parser("backfill", help="ingest an archive of old report files and declarations, then pair and "
+                                               "evaluate its experiments (batched runs of --per-run experiments)")
     backfill.add_argument("experiment_ids", nargs="*", help="only these experiments (default: all)")
     backfill.add_argument("--landing", help="folder of historical *.jsonl report files (default: the landing folder)")
     backfill.add_argument("--experiments", help="folder of historical declarations (default: the experiments folder)")
@@ -282,6 +371,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("experiment_id")
     cli_governance.register(sub)
     args = parser.parse_args(argv)
+    from experimenttracker_pipeline.orchestration import stopping
+
+    if args.command in ("run", "backfill", "demo"):
+        with stopping.handling_signals(_announce):
+            return _dispatch(args)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         settings = _settings()
         if (code := cli_governance.dispatch(args, lambda: _store(settings))) is not None:
@@ -294,11 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{sum(counts.values())} report lines to {settings.landing_dir}")
             if args.no_run:
                 return 0
-            ok = run_pipeline(settings, verbose=args.verbose)
+            code = run_pipeline(settings, verbose=args.verbose)
             _print_table(status_rows(_store(settings)), sys.stdout)
-            return 0 if ok else 1
+            return code
         if args.command == "run":
-            return 0 if run_pipeline(settings, experiment_ids=args.experiment_ids, verbose=args.verbose) else 1
+            return run_pipeline(settings, experiment_ids=args.experiment_ids, verbose=args.verbose)
         if args.command == "backfill":
             import dataclasses
 
@@ -309,8 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for folder in (settings.landing_dir, settings.experiments_dir):
                 if not folder.is_dir():
                     raise CliError(f"{folder} is not a folder")
-            ok = run_backfill(settings, experiment_ids=args.experiment_ids, per_run=args.per_run, verbose=args.verbose)
-            return 0 if ok else 1
+            return run_backfill(settings, experiment_ids=args.experiment_ids, per_run=args.per_run, verbose=args.verbose)
         if args.command == "status":
             rows = status_rows(_store(settings))
             if args.json:

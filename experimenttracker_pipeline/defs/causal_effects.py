@@ -26,11 +26,11 @@ def causal_estimates(context: dg.AssetExecutionContext, store: ExperimentStoreRe
     overlap diagnostics, and segment effects with Holm-corrected CIs; a segment whose CI lies below the harm
     margin is a harmed segment and blocks any promotion."""
     db = store.get_store()
-    return for_each_experiment(context, lambda experiment_id: compute_causal(db, experiment_id), _causal_metadata,
+    return for_each_experiment(context, db, lambda experiment_id: compute_causal(db, experiment_id), causal_metadata,
                                ["causal_id"])
 
 
-def _causal_metadata(run: CausalRun) -> dict:
+def causal_metadata(run: CausalRun) -> dict:
     r = run.result
     rows = []
     for name in ("naive_diff", "ipw", "aipw", "paired"):

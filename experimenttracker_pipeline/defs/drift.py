@@ -12,7 +12,7 @@ from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource,
     StrategyRegistryResource,
 )
-from experimenttracker_pipeline.stages.drift.signal import signal_drift
+from experimenttracker_pipeline.stages.drift.signal import DriftResult, signal_drift
 from experimenttracker_pipeline.defs.verdict import verdicts
 
 
@@ -23,8 +23,11 @@ def drift_signals(context: dg.AssetExecutionContext, store: ExperimentStoreResou
     """One drift signal per experiment to the StrategyRegistry when the variant underperforms (on the same
     always-valid footing as the verdict); pending signals are retried until delivered."""
     db, client = store.get_store(), registry.get_registry()
-    return for_each_experiment(context, lambda experiment_id: signal_drift(db, experiment_id, client),
-                               lambda r: {"signalled_now": r.signalled_now, "delivered_now": r.delivered, "pending": r.pending},
+    return for_each_experiment(context, db, lambda experiment_id: signal_drift(db, experiment_id, client), drift_metadata,
                                ["signalled_now", "delivered", "pending"])
+
+
+def drift_metadata(result: DriftResult) -> dict:
+    return {"signalled_now": result.signalled_now, "delivered_now": result.delivered, "pending": result.pending}
 
 

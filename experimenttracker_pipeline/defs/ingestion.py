@@ -10,8 +10,12 @@ from experimenttracker_pipeline.defs.resources import (
     PipelineSettingsResource,
     ReportBusResource,
 )
+from experimenttracker_pipeline.defs.partitions import stop_run
+from experimenttracker_pipeline.orchestration import stopping
+from experimenttracker_pipeline.orchestration.due_work import files_behind, folder_signature
 from experimenttracker_pipeline.stages.ingestion.bus import ReportBusUnavailable, ingest_bus
 from experimenttracker_pipeline.stages.ingestion.landing import IngestionResult, ingest_landing
+from experimenttracker_pipeline.stages.ingestion.queries import landing_state
 
 
 class RawReportsConfig(dg.Config):
@@ -33,7 +37,12 @@ def raw_reports(context: dg.AssetExecutionContext, config: RawReportsConfig, sto
     if bus_config is not None and not settings.landing_path.exists():
         result = IngestionResult()  # with a live bus the landing folder is only the backfill path: it may not exist
     else:
-        result = ingest_landing(db, settings.landing_path, run_id=context.run.run_id)
+        with stopping.deferred_signals():
+            result = ingest_landing(db, settings.landing_path, run_id=context.run.run_id, should_stop=stopping.requested)
+    if result.stopped:
+        behind = sorted(files_behind(folder_signature(settings.landing_path, (".jsonl",), recursive=True), landing_state(db)))
+        stop_run(context, f"{result.lines_read} lines stored; {len(behind)} landing file(s) not read to the end: "
+                          + ", ".join(behind[:20]))
     if not result.balanced:
         raise dg.Failure(f"ingestion accounting does not balance: {result}")
     reasons = dict(sorted(result.quarantine_reasons.items()))

@@ -62,33 +62,33 @@ def confidence_intervals(context: dg.AssetExecutionContext, store: ExperimentSto
     per-metric CIs, all from sufficient statistics aggregated in SQL."""
     db = store.get_store()
 
-    def metadata(result: IntervalsResult) -> dict:
-        e = result.evaluation
-        table = "| interval | low | high | p |\n|---|---|---|---|\n" + "\n".join(
-            f"| {name} | {e.get(lo)} | {e.get(hi)} | {e.get(p)} |" for name, lo, hi, p in (
-                (f"chosen ({e['ci_method']})", "ci_95_low", "ci_95_high", "p_value"),
-                ("always-valid", "always_valid_ci_95_low", "always_valid_ci_95_high", "always_valid_p_value"),
-                ("fixed-horizon t", "fixed_ci_95_low", "fixed_ci_95_high", "fixed_p_value")))
-        chart = _ci_chart(db, result.experiment_id, e)
-        if chart:
-            table += f"\n\n![confidence sequence](data:image/png;base64,{chart})"
-        return {
-            "samples": e["samples"], "edge_delta_bps": number_or_null(e["edge_delta_bps"]),
-            "ci_95_low": number_or_null(e["ci_95_low"]), "ci_95_high": number_or_null(e["ci_95_high"]),
-            "fixed_ci_95_low": number_or_null(e["fixed_ci_95_low"]), "fixed_ci_95_high": number_or_null(e["fixed_ci_95_high"]),
-            "p_value": number_or_null(e["p_value"]), "fixed_p_value": number_or_null(e["fixed_p_value"]), "power": number_or_null(e.get("power")),
-            "ci_method": e["ci_method"], "evaluation_id": result.evaluation_id, "intervals": dg.MetadataValue.md(table),
-            "metrics": dg.MetadataValue.json(e["metrics"]),
-            "chance_to_beat_control": number_or_null((e.get("bayesian") or {}).get("chance_to_beat_control")),
-            "variance_reduction": number_or_null((e.get("regression_adjustment") or {}).get("variance_reduction")),
-        }
-
     def evaluate(experiment_id: str) -> IntervalsResult:
         started = time.perf_counter()
         result = compute_intervals(db, experiment_id)
         db.record_stage_duration("evaluation", time.perf_counter() - started)  # read by the metrics endpoint
         return result
 
-    return for_each_experiment(context, evaluate, metadata, ["evaluation_id"])
+    return for_each_experiment(context, db, evaluate, lambda result: intervals_metadata(db, result), ["evaluation_id"])
 
 
+def intervals_metadata(db, result: IntervalsResult) -> dict:
+    """Metadata of one experiment's confidence_intervals materialization."""
+    e = result.evaluation
+    table = "| interval | low | high | p |\n|---|---|---|---|\n" + "\n".join(
+        f"| {name} | {e.get(lo)} | {e.get(hi)} | {e.get(p)} |" for name, lo, hi, p in (
+            (f"chosen ({e['ci_method']})", "ci_95_low", "ci_95_high", "p_value"),
+            ("always-valid", "always_valid_ci_95_low", "always_valid_ci_95_high", "always_valid_p_value"),
+            ("fixed-horizon t", "fixed_ci_95_low", "fixed_ci_95_high", "fixed_p_value")))
+    chart = _ci_chart(db, result.experiment_id, e)
+    if chart:
+        table += f"\n\n![confidence sequence](data:image/png;base64,{chart})"
+    return {
+        "samples": e["samples"], "edge_delta_bps": number_or_null(e["edge_delta_bps"]),
+        "ci_95_low": number_or_null(e["ci_95_low"]), "ci_95_high": number_or_null(e["ci_95_high"]),
+        "fixed_ci_95_low": number_or_null(e["fixed_ci_95_low"]), "fixed_ci_95_high": number_or_null(e["fixed_ci_95_high"]),
+        "p_value": number_or_null(e["p_value"]), "fixed_p_value": number_or_null(e["fixed_p_value"]), "power": number_or_null(e.get("power")),
+        "ci_method": e["ci_method"], "evaluation_id": result.evaluation_id, "intervals": dg.MetadataValue.md(table),
+        "metrics": dg.MetadataValue.json(e["metrics"]),
+        "chance_to_beat_control": number_or_null((e.get("bayesian") or {}).get("chance_to_beat_control")),
+        "variance_reduction": number_or_null((e.get("regression_adjustment") or {}).get("variance_reduction")),
+    }

@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from experimenttracker_pipeline.defs.intervals import confidence_intervals
 from experimenttracker_pipeline.defs.declarations import experiments
 from experimenttracker_pipeline.defs.ingestion import raw_reports
 from experimenttracker_pipeline.defs.samples import experiment_samples
@@ -22,16 +21,9 @@ reports_job = dg.define_asset_job(
     description="Ingest new or grown landing files of the report bus archive.")
 
 # The per-experiment steps run one after another, so a subprocess per step would only add start-up time.
-samples_job = dg.define_asset_job(
-    "samples_job", selection=dg.AssetSelection.assets(experiment_samples), executor_def=dg.in_process_executor,
-    description="Pair new fills of one experiment into samples.")
-
-evaluation_job = dg.define_asset_job(
-    "evaluation_job", selection=dg.AssetSelection.assets(confidence_intervals).downstream(), executor_def=dg.in_process_executor,
-    description="Evaluate one experiment: CI -> causal -> verdict -> drift signal and promotion gate.")
-
 # Everything per experiment, from its samples down to the drift signal (CLI `run`, backfills).
 experiment_job = dg.define_asset_job(
     "experiment_job", selection=dg.AssetSelection.assets(experiment_samples).downstream(), executor_def=dg.in_process_executor,
-    description="Pair new fills into samples and evaluate one experiment (one partition).",
+    description="Pair new fills into samples and evaluate one experiment partition, or a range of them (UI "
+                "materializations and backfills; the CLI and the sensors batch experiments in experiment_pass_job).",
     tags={"experimenttracker/stage": "experiment"})

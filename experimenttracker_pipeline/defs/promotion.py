@@ -12,6 +12,7 @@ from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource,
 )
 from experimenttracker_pipeline.stages.promotion.signoff import (
+    PromotionResult,
     SignoffError,
     promotion_state,
     promotion_violations,
@@ -28,19 +29,27 @@ def promotions(context: dg.AssetExecutionContext, store: ExperimentStoreResource
     """The promotion gate: a winning variant is promoted only with a human sign-off of that verdict report
     when one is required (require_human_signoff, or traffic_split_pct > 50); never on auto-promote alone."""
     db = store.get_store()
-    return for_each_experiment(context, lambda experiment_id: promotion_state(db, experiment_id, apply=True),
-                               lambda r: {"state": r.state, "reason_code": r.reason_code, "detail": r.detail,
-                                          "promoted_now": r.promoted_now},
-                               ["state", "reason_code"])
+    return for_each_experiment(context, db, lambda experiment_id: promotion_state(db, experiment_id, apply=True),
+                               promotion_metadata, ["state", "reason_code"])
 
 
-@dg.asset_check(asset=promotions, name=PROMOTION_CHECK, blocking=True,
-                description="Fails if any promotion exists without the sign-off its experiment requires.")
-def promotions_have_signoff(store: ExperimentStoreResource) -> dg.AssetCheckResult:
-    violations = promotion_violations(store.get_store())
+def promotion_metadata(result: PromotionResult) -> dict:
+    return {"state": result.state, "reason_code": result.reason_code, "detail": result.detail,
+            "promoted_now": result.promoted_now}
+
+
+def signoff_check_result(violations: list) -> dg.AssetCheckResult:
+    """The promotions_have_signoff result for some experiments' violations (also logged by the experiment pass)."""
     return dg.AssetCheckResult(passed=not violations, metadata={
         "violations": dg.MetadataValue.json([{"experiment_id": v.experiment_id, "report_id": v.report_id, "reason": v.reason}
                                              for v in violations])})
+
+
+@dg.asset_check(asset=promotions, name=PROMOTION_CHECK, blocking=True, partitions_def=experiment_partitions,
+                description="Fails if a promotion of the experiment exists without the sign-off it requires.")
+def promotions_have_signoff(context: dg.AssetCheckExecutionContext, store: ExperimentStoreResource) -> dg.AssetCheckResult:
+    keys = set(context.partition_keys)
+    return signoff_check_result([v for v in promotion_violations(store.get_store()) if v.experiment_id in keys or v.experiment_id is None])
 
 
 class SignoffConfig(dg.Config):

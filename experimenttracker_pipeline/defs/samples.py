@@ -17,7 +17,6 @@ from experimenttracker_pipeline.stages.samples.recording import (
     verify_samples,
 )
 from experimenttracker_pipeline.stages.samples.recording import ImmutableSampleError
-from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
 
 SAMPLES_CHAIN_CHECK = "samples_hash_chain_intact"
 
@@ -35,11 +34,11 @@ def experiment_samples(context: dg.AssetExecutionContext, store: ExperimentStore
         except ImmutableSampleError as exc:
             raise dg.Failure(str(exc)) from exc
 
-    return for_each_experiment(context, work, _samples_metadata,
+    return for_each_experiment(context, db, work, samples_metadata,
                                ["total_samples", "new_samples", "orphan_variant", "orphan_control"])
 
 
-def _samples_metadata(result: SamplingResult) -> dict:
+def samples_metadata(result: SamplingResult) -> dict:
     return {
         "dagster/row_count": result.total_samples,
         "new_samples": result.new_samples,
@@ -53,25 +52,25 @@ def _samples_metadata(result: SamplingResult) -> dict:
     }
 
 
-@dg.asset_check(asset=experiment_samples, name=SAMPLES_CHAIN_CHECK, blocking=True,
+def chain_check_result(experiments_checked: int, samples_checked: int, broken: dict) -> dg.AssetCheckResult:
+    """The samples_hash_chain_intact result (also logged per experiment by the experiment pass)."""
+    description = "; ".join(f"{e}: first broken sample_n {b['first_broken_sample_n']} ({b['problem']})" for e, b in broken.items())
+    return dg.AssetCheckResult(
+        passed=not broken,
+        description=description or f"{samples_checked} samples verified",
+        metadata={"samples_checked": samples_checked, "experiments_checked": experiments_checked,
+                  "broken": dg.MetadataValue.json(broken)})
+
+
+@dg.asset_check(asset=experiment_samples, name=SAMPLES_CHAIN_CHECK, blocking=True, partitions_def=experiment_partitions,
                 description="Recomputes each experiment's sample hash chain; fails naming the first broken sample_n.")
 def samples_hash_chain_intact(context: dg.AssetCheckExecutionContext, store: ExperimentStoreResource) -> dg.AssetCheckResult:
     db = store.get_store()
-    if context.has_partition_key:
-        experiment_ids = [context.partition_key]
-    elif getattr(context, "has_partition_key_range", False):
-        experiment_ids = list(context.partition_keys)
-    else:
-        experiment_ids = [row["experiment_id"] for row in experiment_rows(db)]
+    experiment_ids = list(context.partition_keys)
     checked, broken = 0, {}
     for experiment_id in experiment_ids:
         count, problem = verify_samples(db, experiment_id)
         checked += count
         if problem is not None:
             broken[experiment_id] = {"first_broken_sample_n": problem.sample_n, "problem": problem.problem}
-    description = "; ".join(f"{e}: first broken sample_n {b['first_broken_sample_n']} ({b['problem']})" for e, b in broken.items())
-    return dg.AssetCheckResult(
-        passed=not broken,
-        description=description or f"{checked} samples verified",
-        metadata={"samples_checked": checked, "experiments_checked": len(experiment_ids),
-                  "broken": dg.MetadataValue.json(broken)})
+    return chain_check_result(len(experiment_ids), checked, broken)

@@ -1,21 +1,19 @@
-"""Sensors that run the pipeline by itself. Each tick reads file stats, counts and watermarks (never sample
-rows) and decides through `experimenttracker_pipeline.orchestration.due_work`; run keys encode intent, so a tick that fails
-part-way neither loses nor duplicates a request, and the cursors live in Dagster's storage across restarts.
+"""Sensors that run the pipeline by itself. Each tick reads file stats, counts and the experiment store's watermarks
+(never sample rows) and decides through `experimenttracker_pipeline.orchestration.due_work`: what the CLI already
+did is not due, so the daemon never repeats it. Run keys encode intent, so a tick that fails part-way neither loses
+nor duplicates a request, and the cursors live in Dagster's storage across restarts.
 
 Sensors start RUNNING; set EXPERIMENTTRACKER_SENSORS=stopped to deploy them stopped."""
 
 import json
 import time
+from pathlib import Path
 
 import dagster as dg
 
-from experimenttracker_pipeline.defs.jobs import (
-    EXPERIMENT_TAG,
-    declarations_job,
-    evaluation_job,
-    reports_job,
-    samples_job,
-)
+from experimenttracker_pipeline.defs.experiment_pass import JOB_NAME as PASS_JOB
+from experimenttracker_pipeline.defs.jobs import declarations_job, reports_job
+from experimenttracker_pipeline.defs.partitions import experiment_partitions
 from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource,
     PipelineSettingsResource,
@@ -24,12 +22,12 @@ from experimenttracker_pipeline.defs.resources import (
 )
 from experimenttracker_pipeline.stages.ingestion.bus import report_bus_error
 from experimenttracker_pipeline.orchestration import due_work as sensing
+from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.stages.drift.signal import deliver_pending
 from experimenttracker_pipeline.stages.stalls.episodes import apply_stall_changes
-from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.store import StoreUnavailable
 from experimenttracker_pipeline.stages.drift.queries import signals
-from experimenttracker_pipeline.stages.ingestion.queries import batch_slugs_since, landing_state
+from experimenttracker_pipeline.stages.ingestion.queries import landing_state, newest_batch_by_slug
 from experimenttracker_pipeline.stages.samples.queries import sensor_snapshot
 from experimenttracker_pipeline.stages.stalls.queries import open_stalls
 
@@ -37,8 +35,7 @@ from experimenttracker_pipeline.stages.stalls.queries import open_stalls
 _SETTINGS = Settings.from_env()
 DEFAULT_STATUS = dg.DefaultSensorStatus.RUNNING if _SETTINGS.sensors_running else dg.DefaultSensorStatus.STOPPED
 RETRY_AFTER_MS = int(_SETTINGS.sensor_retry_seconds * 1000)
-EVALUATION_STEP_PCT = _SETTINGS.evaluation_step_pct / 100
-EVALUATION_STEP_N = _SETTINGS.evaluation_step_n
+EVALUATION_RULE = sensing.EvaluationRule("step", _SETTINGS.evaluation_step_pct / 100, _SETTINGS.evaluation_step_n)
 INTERVAL = _SETTINGS.sensor_interval_seconds
 _IN_FLIGHT = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING}
@@ -55,11 +52,11 @@ def _state_of(status: dg.DagsterRunStatus) -> str:
 
 
 class _RunStates:
-    """The state of the newest run of every run key the cursor remembers, read with one query per 500 keys at
-    the start of a tick (instead of one query per key, twice per tick)."""
+    """The state of the newest run of each given run key, read with one query per 500 keys at the start of a tick
+    (instead of one query per key)."""
 
-    def __init__(self, instance: dg.DagsterInstance, cursor: dict):
-        keys = sorted({entry[2] for entry in cursor.get("requested", {}).values()})
+    def __init__(self, instance: dg.DagsterInstance, run_keys):
+        keys = sorted(set(run_keys))
         self.states: dict[str, str] = {}
         for i in range(0, len(keys), 500):
             for run in instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": keys[i:i + 500]})):
@@ -67,6 +64,10 @@ class _RunStates:
 
     def __call__(self, run_key: str | None) -> str:
         return sensing.RUN_UNKNOWN if run_key is None else self.states.get(run_key, sensing.RUN_UNKNOWN)
+
+
+def _keyed_states(instance: dg.DagsterInstance, cursor: dict) -> _RunStates:
+    return _RunStates(instance, (entry[2] for entry in cursor.get("requested", {}).values()))
 
 
 def _request(states: _RunStates, cursor: dict, base_key: str, **run_request) -> dg.RunRequest | None:
@@ -85,27 +86,50 @@ def _done(states: _RunStates, cursor: dict, prefix: str, keep: set[str]) -> set[
 
 
 @dg.sensor(job=declarations_job, minimum_interval_seconds=INTERVAL, default_status=DEFAULT_STATUS,
-           description="A new or changed declaration file registers the experiment (partition, EXPERIMENT_STARTED once).")
-def new_experiments_sensor(context: dg.SensorEvaluationContext, settings: PipelineSettingsResource):
+           description="Declaration files the store has not registered (or changed since) register their experiments "
+                       "(EXPERIMENT_STARTED once); every stored experiment gets its partition, and a partition no "
+                       "declared experiment backs (a key typed into the UI) is removed.")
+def new_experiments_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource,
+                           settings: PipelineSettingsResource):
     cursor = json.loads(context.cursor or "{}")
-    states = _RunStates(context.instance, cursor)
+    states = _keyed_states(context.instance, cursor)
     try:
-        signature = sensing.folder_signature(settings.experiments_path, (".yaml", ".yml"))
+        files = sensing.folder_stats(settings.experiments_path, (".yaml", ".yml"))
     except OSError as exc:
         return dg.SkipReason(f"experiments folder unreadable: {exc}")
-    if not signature:
-        return dg.SkipReason("no declaration files")
-    base = "declarations:" + sensing.digest(signature.items())
-    request = _request(states, cursor, base)
-    sensing.prune_requested(cursor, _done(states, cursor, "declarations:", {base}))
-    return dg.SensorResult(run_requests=[request] if request else [], cursor=json.dumps(cursor))
+    # Partitions first, then the store: registration stores an experiment before it adds its partition.
+    partitions = context.instance.get_dynamic_partitions(experiment_partitions.name)
+    try:
+        rows = store.get_store().sensor_snapshot()
+    except StoreUnavailable as exc:
+        return dg.SkipReason(f"experiment store unavailable: {exc}")
+    add, delete = sensing.partition_changes(partitions, [r["experiment_id"] for r in rows])
+    partition_requests = []
+    if add:
+        partition_requests.append(experiment_partitions.build_add_request(add))
+    if delete:
+        context.log.warning(f"removing partitions no declared experiment backs: {', '.join(delete)}")
+        partition_requests.append(experiment_partitions.build_delete_request(delete))
+    registered = {str(Path(r["source_file"]).resolve()): r["registered_at_ms"] for r in rows if r["source_file"]}
+    due = sensing.declarations_due(files, registered)
+    requests = []
+    if due:
+        base = "declarations:" + sensing.digest(due.items())
+        request = _request(states, cursor, base, tags={"experimenttracker/files": str(len(due))})
+        requests = [request] if request else []
+        keep = {base}
+    else:
+        keep = set()
+    sensing.prune_requested(cursor, _done(states, cursor, "declarations:", keep))
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests, cursor=json.dumps(cursor),
+                           skip_reason=None if requests or partition_requests else "every declaration is registered")
 
 
 @dg.sensor(job=reports_job, minimum_interval_seconds=INTERVAL, default_status=DEFAULT_STATUS,
            description="New or grown landing files request one ingestion run (keyed by the files' sizes).")
 def new_reports_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource, settings: PipelineSettingsResource):
     cursor = json.loads(context.cursor or "{}")
-    states = _RunStates(context.instance, cursor)
+    states = _keyed_states(context.instance, cursor)
     try:
         signature = sensing.folder_signature(settings.landing_path, (".jsonl",), recursive=True)
         behind = sensing.files_behind(signature, landing_state(store.get_store()))
@@ -122,73 +146,35 @@ def new_reports_sensor(context: dg.SensorEvaluationContext, store: ExperimentSto
     return dg.SensorResult(run_requests=[request] if request else [], cursor=json.dumps(cursor))
 
 
-@dg.sensor(job=samples_job, minimum_interval_seconds=INTERVAL, default_status=DEFAULT_STATUS,
-           description="Experiments whose arms received new fills get a pairing run for their partition.")
-def pairing_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource):
+@dg.sensor(job_name=PASS_JOB, minimum_interval_seconds=INTERVAL, default_status=DEFAULT_STATUS,
+           description="Every experiment that is due, in one experiment_pass_job run per tick (up to "
+                       "EXPERIMENTTRACKER_PASS_RUN_SIZE experiments per run): new fills to pair, or a sample count that "
+                       "crossed min_samples_for_decision or grew by EXPERIMENTTRACKER_EVALUATION_STEP_PCT since the "
+                       "latest verdict. Due is read from the store, so work the CLI did is not repeated.")
+def experiment_pass_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource):
     cursor = json.loads(context.cursor or "{}")
-    states = _RunStates(context.instance, cursor)
-    known = set(context.instance.get_dynamic_partitions("experiments"))
+    # Run states before the store: a run that finishes in between still looks in flight, never "done but due".
+    states = _RunStates(context.instance, (entry[3] for entry in cursor.get("requested", {}).values()))
+    known = set(context.instance.get_dynamic_partitions(experiment_partitions.name))
     try:
         db = store.get_store()
-        newest, by_slug = batch_slugs_since(db, int(cursor.get("batch", 0)))
-        eligible = [r for r in sensor_snapshot(db) if r["experiment_id"] in known]
-        # An experiment that became known since the last tick may have fills in batches the cursor has already
-        # passed (an archive ingested before its declaration, or reports_job committing before declarations_job):
-        # count all its fills, not only the new batches'.
-        seen = set(cursor.get("experiments", [r["experiment_id"] for r in eligible] if "batch" in cursor else []))
-        fresh = [r for r in eligible if r["experiment_id"] not in seen]
-        ever = batch_slugs_since(db, 0)[1] if fresh else {}
+        snapshot = [r for r in sensor_snapshot(db) if r["experiment_id"] in known]
+        newest = newest_batch_by_slug(db)
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}")
-    cursor["experiments"] = sorted(seen | {r["experiment_id"] for r in eligible})
-    items = {i.key: i for i in sensing.pairing_requests([r for r in eligible if r["experiment_id"] in seen], by_slug, newest)}
-    items.update({i.key: i for i in sensing.pairing_requests(fresh, ever, newest)})
-    requests, keep = [], set()
-    for item in items.values():
-        keep.add(item.key)
-        request = _request(states, cursor, item.key, partition_key=item.target, tags={EXPERIMENT_TAG: item.target})
-        if request:
-            requests.append(request)
-    for key in list(cursor.get("requested", {})):  # retry earlier pairing requests whose run failed
-        if key not in keep and states(sensing.last_key(cursor, key)) == sensing.RUN_FAILED:
-            keep.add(key)
-            target = key.split(":")[1]
-            request = _request(states, cursor, key, partition_key=target, tags={EXPERIMENT_TAG: target})
-            if request:
-                requests.append(request)
-    cursor["batch"] = newest
-    sensing.prune_requested(cursor, _done(states, cursor, "samples:", keep))
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
-
-
-@dg.sensor(job=evaluation_job, minimum_interval_seconds=INTERVAL, default_status=DEFAULT_STATUS,
-           description="Evaluate an experiment when its samples first cross min_samples_for_decision, then at each "
-                       "further step (EXPERIMENTTRACKER_EVALUATION_STEP_PCT, default +10%); never twice for one count.")
-def sample_threshold_sensor(context: dg.SensorEvaluationContext, store: ExperimentStoreResource):
-    cursor = json.loads(context.cursor or "{}")
-    states = _RunStates(context.instance, cursor)
-    try:
-        snapshot = sensor_snapshot(store.get_store())
-    except StoreUnavailable as exc:
-        return dg.SkipReason(f"experiment store unavailable: {exc}")
-    known = set(context.instance.get_dynamic_partitions("experiments"))
-    requests, keep = [], set()
-    for item in sensing.evaluation_requests([r for r in snapshot if r["experiment_id"] in known], cursor,
-                                            step_pct=EVALUATION_STEP_PCT, step_n=EVALUATION_STEP_N):
-        keep.add(item.key)
-        request = _request(states, cursor, item.key, partition_key=item.target,
-                           tags={EXPERIMENT_TAG: item.target, "experimenttracker/samples": str(item.detail["samples"])})
-        if request:
-            requests.append(request)
-    for key in list(cursor.get("requested", {})):
-        if key not in keep and states(sensing.last_key(cursor, key)) == sensing.RUN_FAILED:
-            keep.add(key)
-            target = key.split(":")[1]
-            request = _request(states, cursor, key, partition_key=target, tags={EXPERIMENT_TAG: target})
-            if request:
-                requests.append(request)
-    sensing.prune_requested(cursor, _done(states, cursor, "evaluate:", keep))
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
+    due = sensing.due_experiments(snapshot, newest, EVALUATION_RULE)
+    planned = sensing.plan_pass_requests(due, cursor, _now_ms(), run_state=states, retry_after_ms=RETRY_AFTER_MS,
+                                         run_size=_SETTINGS.pass_run_size)
+    requests = [dg.RunRequest(
+        run_key=p.run_key,
+        run_config={"experiment_ids": p.experiment_ids, "evaluation": EVALUATION_RULE.kind,
+                    "step_pct": _SETTINGS.evaluation_step_pct, "step_n": _SETTINGS.evaluation_step_n},
+        # This sensor retries what a run left undone (only that), so the run-retry daemon need not.
+        tags={"experimenttracker/experiments": str(len(p.experiment_ids)), "experimenttracker/retried": str(len(p.retried)),
+              "dagster/max_retries": "0"}) for p in planned]
+    skip = None if requests else (f"{len(due)} experiment(s) due, all in flight or waiting to retry" if due
+                                  else f"nothing due ({len(snapshot)} experiments up to date)")
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor), skip_reason=skip)
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=DEFAULT_STATUS,
@@ -243,5 +229,4 @@ def pending_signals_sensor(context: dg.SensorEvaluationContext, store: Experimen
     return dg.RunRequest(run_key=key)
 
 
-SENSORS = [new_experiments_sensor, new_reports_sensor, pairing_sensor, sample_threshold_sensor, stall_sensor,
-           pending_signals_sensor]
+SENSORS = [new_experiments_sensor, new_reports_sensor, experiment_pass_sensor, stall_sensor, pending_signals_sensor]

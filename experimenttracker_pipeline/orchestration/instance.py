@@ -8,9 +8,11 @@ tag limit makes sure two runs never work on the same experiment partition at onc
 
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import sqlalchemy as sa
 import yaml
@@ -55,13 +57,18 @@ def instance_settings(pg_url: str | None = None, pg_password_set: bool = False) 
         if url.password:
             # Prefer a reference to the password variable over writing the secret into dagster.yaml.
             db["password"] = {"env": "EXPERIMENTTRACKER_DAGSTER_PG_PASSWORD"} if pg_password_set else url.password
+        # Dagster writes its event log one event per transaction; waiting for each WAL flush doubled the cost of a
+        # run over many experiments. A server crash can lose the last fraction of a second of run events (never
+        # the experiment store's data, which keeps synchronous commits). Delete this line to opt out.
+        db["params"] = {"options": "-c synchronous_commit=off"}
         config["storage"] = {"postgres": {"postgres_db": db}}
     return config
 
 
 def write_instance_yaml(home: Path, pg_url: str | None = None, pg_password_set: bool = False) -> Path:
     """Write dagster.yaml into ``home`` (created if needed). A dagster.yaml the user wrote themselves (without
-    our marker line) is left alone."""
+    our marker line) is left alone. The file is replaced atomically: a process reading it meanwhile sees the old
+    or the new text, never half of it."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
     text = (f"{MARKER} (EXPERIMENTTRACKER_DAGSTER_PG_URL for PostgreSQL); edit freely after removing this line.\n"
@@ -69,7 +76,37 @@ def write_instance_yaml(home: Path, pg_url: str | None = None, pg_password_set: 
     if path.exists() and not path.read_text().startswith(MARKER):
         return path
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+        partial = path.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+        partial.write_text(text)
+        os.replace(partial, path)
+    return path
+
+
+@contextmanager
+def instance_lock(home: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``home`` (a file lock, for the processes of one host): the first process to open
+    a fresh instance creates Dagster's tables while the others wait, instead of racing them ("table runs already
+    exists")."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".experimenttracker-instance.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_celery_yaml(home: Path, settings: Settings) -> Path:
+    """``celery.yaml`` for `dagster-celery worker start -y`: the same broker and result backend the runs use."""
+    path = home / "celery.yaml"
+    text = (f"{MARKER} (EXPERIMENTTRACKER_CELERY_BROKER / _BACKEND).\n"
+            + yaml.safe_dump({"execution": {"config": {"broker": settings.celery_broker,
+                                                       "backend": settings.celery_backend}}}, sort_keys=False))
+    if path.exists() and not path.read_text().startswith(MARKER):
+        return path
+    partial = path.with_name(f".celery.yaml.{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
     return path
 
 
@@ -78,5 +115,21 @@ def ensure_instance_home(settings: Settings, home: Path | None = None) -> Path:
     settings; exported as DAGSTER_HOME so the Dagster instance this process opens is that one."""
     home = home or settings.dagster_home_or_default
     os.environ["DAGSTER_HOME"] = str(home)
-    write_instance_yaml(home, settings.dagster_pg_url, settings.dagster_pg_password is not None)
+    with instance_lock(home):
+        write_instance_yaml(home, settings.dagster_pg_url, settings.dagster_pg_password is not None)
+        if settings.executor == "celery":
+            write_celery_yaml(home, settings)
     return home
+
+
+def pool_storage_connections(instance: Any) -> None:
+    """Keep pooled connections to Dagster's PostgreSQL storage in this process.
+
+    dagster-postgres opens a new connection for every stored event (it pools only in the webserver); a run that
+    records thousands of materializations spends most of its time connecting. The webserver's switch to a small
+    pool is applied once per instance; SQLite storage is left as it is."""
+    if getattr(instance, "_experimenttracker_pooled", False):
+        return
+    if type(instance.event_log_storage).__module__.startswith("dagster_postgres"):
+        instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=10)
+    instance._experimenttracker_pooled = True

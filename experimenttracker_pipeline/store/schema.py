@@ -171,6 +171,8 @@ ingestion_batch_slugs = sa.Table(
     sa.Column("batch_id", sa.BigInteger, sa.ForeignKey("ingestion_batches.id"), primary_key=True),
     sa.Column("strategy_slug", sa.Text, primary_key=True),
     sa.Column("fills", sa.BigInteger, nullable=False),
+    # The pass sensor and `run` look up the newest batch per strategy slug.
+    sa.Index("ingestion_batch_slugs_slug", "strategy_slug", "batch_id"),
 )
 
 # Latest pairing state per experiment: what sensors and `status` read instead of counting sample rows.
@@ -183,6 +185,9 @@ experiment_pairing_state = sa.Table(
     sa.Column("last_sample_at_ms", sa.BigInteger),
     _at("updated_at"),
     sa.Column("last_appended_at_ms", sa.BigInteger),  # wall-clock time of the last append
+    # The newest ingestion batch the last pairing could see: pairing is due again only when a later batch brought
+    # fills of the variant or control slug. NULL: not paired since this column exists (due once).
+    sa.Column("paired_through_batch", sa.BigInteger),
 )
 
 # Matched pairs, hash-chained and append-only (triggers refuse UPDATE, DELETE and TRUNCATE).

@@ -1,5 +1,5 @@
-"""Backfills: an archive of old reports and declarations is ingested and every experiment partition evaluated
-in a few ranged runs; re-running the backfill changes nothing already recorded."""
+"""Backfills: an archive of old reports and declarations is ingested and every experiment evaluated in a few
+batched runs; re-running the backfill changes nothing already recorded and starts no run."""
 
 import io
 
@@ -8,13 +8,6 @@ from experimenttracker_pipeline.demo import DEMO_EXPERIMENTS, write_demo
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.stages.samples.queries import iter_samples
-
-
-def test_contiguous_chunks():
-    order = ["a", "b", "c", "d", "e", "f"]
-    assert cli.contiguous_chunks(order, order, 4) == [["a", "b", "c", "d"], ["e", "f"]]
-    assert cli.contiguous_chunks(order, ["a", "b", "d", "f"], 25) == [["a", "b"], ["d"], ["f"]]
-    assert cli.contiguous_chunks(order, [], 3) == []
 
 
 TABLES = ("raw_reports", "quarantined_reports", "experiment_samples", "operations_reports", "strategy_registry_signals",
@@ -28,15 +21,18 @@ def test_backfill_is_ranged_and_idempotent(tmp_path, monkeypatch, pg_url):
     settings = Settings(data_dir=tmp_path / "data", db_url=pg_url, landing_dir=archive / "reports",
                         experiments_dir=archive / "declarations", caliper_seconds=60.0, stall_window_seconds=3600.0)
     out = io.StringIO()
-    assert cli.run_backfill(settings, per_run=3, out=out)
+    assert cli.run_backfill(settings, per_run=3, out=out) == 0
     lines = out.getvalue().splitlines()
-    assert sum(line.startswith("experiment_job[") for line in lines) == 2  # 5 experiments in runs of <= 3
-    assert "(3 experiments)" in out.getvalue()
+    # 5 experiments in runs of <= 3, each experiment with its own partition materializations.
+    assert [line.split(":")[0] for line in lines if line.startswith("experiment_pass_job[")] == [
+        "experiment_pass_job[3 experiments]", "experiment_pass_job[2 experiments]"]
     store = Store(pg_url)
     before = {table: store.scalar(f"SELECT COUNT(*) FROM {table}") for table in TABLES}
     hashes = [r["sample_hash"] for r in iter_samples(store, "exp_sports_v2")]
     assert before["experiment_samples"] > 0 and store.scalar("SELECT COUNT(DISTINCT experiment_id) FROM experiment_verdicts") == len(DEMO_EXPERIMENTS)
-    assert cli.run_backfill(settings, per_run=3, out=io.StringIO())
+    again = io.StringIO()
+    assert cli.run_backfill(settings, per_run=3, out=again) == 0
+    assert again.getvalue().startswith("nothing new"), again.getvalue()
     after = {table: store.scalar(f"SELECT COUNT(*) FROM {table}") for table in TABLES}
     assert after == before
     assert [r["sample_hash"] for r in iter_samples(store, "exp_sports_v2")] == hashes

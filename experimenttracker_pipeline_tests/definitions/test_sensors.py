@@ -1,8 +1,9 @@
-"""Sensors: crossing logic, cursors surviving a restart, run keys (no duplicate requests), stall and recovery
-with one report per episode, store outages skipped cleanly."""
+"""Sensors: due work read from the store (nothing the CLI did is requested again), every due experiment batched into
+one pass run, retries of only what a failed run left due, partitions added and removed, run keys (no duplicate
+requests), stall and recovery with one report per episode, store outages skipped cleanly."""
 
-import json
 import shutil
+import uuid
 
 import dagster as dg
 import pytest
@@ -18,25 +19,14 @@ from experimenttracker_pipeline.stages.declarations.registration import (
     sync_declarations,
 )
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
+from experimenttracker_pipeline.stages.intervals.evaluation import compute_intervals
 from experimenttracker_pipeline.stages.samples.recording import record_samples
+from experimenttracker_pipeline.stages.verdict.decision import decide
 from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
 from experimenttracker_pipeline.stages.declarations.queries import experiment_row
 
 
 # ---- pure decisions ------------------------------------------------------------------------------------------
-def test_evaluation_requests_cross_threshold_then_step_never_twice():
-    cursor: dict = {}
-    row = {"experiment_id": "e", "min_samples_for_decision": 100}
-    assert sensing.evaluation_requests([{**row, "samples": 99}], cursor) == []
-    (first,) = sensing.evaluation_requests([{**row, "samples": 100}], cursor)
-    assert first.key == "evaluate:e:100"
-    assert sensing.evaluation_requests([{**row, "samples": 100}], cursor) == []
-    assert sensing.evaluation_requests([{**row, "samples": 109}], cursor) == []
-    (second,) = sensing.evaluation_requests([{**row, "samples": 110}], cursor)
-    assert second.key == "evaluate:e:110"
-    assert sensing.next_evaluation_count(1000, step_pct=0.0, step_n=250) == 1250
-
-
 def test_keyed_request_retries_only_failed_work_after_the_delay():
     cursor: dict = {}
     assert sensing.keyed_request(cursor, "k", 0, last_run_state="unknown", retry_after_ms=1000) == "k"
@@ -98,54 +88,100 @@ def test_new_reports_sensor_requests_once_per_file_state(store, workdirs, env):
     assert len(grown) == 1 and grown[0].run_key != requests[0].run_key
 
 
-def test_new_experiments_sensor(workdirs, env):
+def test_new_experiments_sensor(store, workdirs, env):
     instance, resources = env
     assert _tick(sensors.new_experiments_sensor, instance, resources)[0] == []  # empty folder: nothing to do
     (workdirs["experiments"] / "a.yaml").write_text(declaration("exp_a"))
     requests, cursor, _ = _tick(sensors.new_experiments_sensor, instance, resources)
     assert len(requests) == 1
     assert _tick(sensors.new_experiments_sensor, instance, resources, cursor)[0] == []
+    # Once the store has registered the file, a daemon starting from scratch (no cursor) requests nothing.
+    sync_declarations(store, workdirs["experiments"])
+    assert _tick(sensors.new_experiments_sensor, instance, resources)[0] == []
 
 
-def _declare_and_pair(store, workdirs, instance, n, start=0):
-    if not (workdirs["experiments"] / "a.yaml").exists():
-        (workdirs["experiments"] / "a.yaml").write_text(declaration("exp_a", min_samples_for_decision=100))
+def test_new_experiments_sensor_adds_missing_and_removes_unbacked_partitions(store, workdirs, env):
+    instance, resources = env
+    (workdirs["experiments"] / "a.yaml").write_text(declaration("exp_a"))
+    sync_declarations(store, workdirs["experiments"])
+    instance.add_dynamic_partitions("experiments", ["exp_typo_sports"])  # a key typed into the UI
+    context = dg.build_sensor_context(instance=instance, resources=resources)
+    result = sensors.new_experiments_sensor(context)
+    changes = {(type(r).__name__, tuple(r.partition_keys)) for r in result.dynamic_partitions_requests}
+    assert changes == {("AddDynamicPartitionsRequest", ("exp_a",)), ("DeleteDynamicPartitionsRequest", ("exp_typo_sports",))}
+    assert result.run_requests == []
+
+
+def _declare_and_ingest(store, workdirs, instance, n, start=0, experiment_id="exp_a", v="v-slug", c="c-slug", min_samples=100):
+    path = workdirs["experiments"] / f"{experiment_id}.yaml"
+    if not path.exists():
+        path.write_text(declaration(experiment_id, variant_slug=v, control_slug=c, min_samples_for_decision=min_samples))
         sync_declarations(store, workdirs["experiments"])
-        instance.add_dynamic_partitions("experiments", ["exp_a"])
-    write_jsonl(workdirs["landing"] / f"b{start}.jsonl", [r for i in range(start, start + n) for r in (
-        fill(f"c{i}", "c-slug", "live", f"k{i}", t=i), fill(f"v{i}", "v-slug", "shadow", f"k{i}", t=i))])
+        instance.add_dynamic_partitions("experiments", [experiment_id])
+    write_jsonl(workdirs["landing"] / f"{experiment_id}-{start}.jsonl", [r for i in range(start, start + n) for r in (
+        fill(f"{experiment_id}-c{i}", c, "live", f"{experiment_id}-k{i}", t=i),
+        fill(f"{experiment_id}-v{i}", v, "shadow", f"{experiment_id}-k{i}", t=i))])
     ingest_landing(store, workdirs["landing"])
 
 
-def test_pairing_sensor_requests_partitions_with_new_fills(store, workdirs, env):
-    instance, resources = env
-    _declare_and_pair(store, workdirs, instance, 5)
-    requests, cursor, _ = _tick(sensors.pairing_sensor, instance, resources)
-    assert [(r.partition_key, r.run_key.split(":")[0]) for r in requests] == [("exp_a", "samples")]
-    assert _tick(sensors.pairing_sensor, instance, resources, cursor)[0] == []
+def _pass_ids(request):
+    return request.run_config["experiment_ids"]
 
 
-def test_sample_threshold_sensor_crossing_and_restart(store, workdirs, env):
+def _finish(instance, requests, status=dg.DagsterRunStatus.SUCCESS):
+    """Record the requested runs as finished, as the daemon would (the next tick reads their state)."""
+    for request in requests:
+        instance.add_run(dg.DagsterRun(job_name="experiment_pass_job", run_id=str(uuid.uuid4()), status=status,
+                                       tags={"dagster/run_key": request.run_key}))
+
+
+def test_pass_sensor_batches_every_due_experiment_into_one_run(store, workdirs, env):
     instance, resources = env
-    _declare_and_pair(store, workdirs, instance, 99)
+    for i in range(3):
+        _declare_and_ingest(store, workdirs, instance, 5, experiment_id=f"exp_{i}", v=f"v{i}", c=f"c{i}")
+    requests, cursor, _ = _tick(sensors.experiment_pass_sensor, instance, resources)
+    assert len(requests) == 1 and sorted(_pass_ids(requests[0])) == ["exp_0", "exp_1", "exp_2"]
+    config = requests[0].run_config
+    assert config["evaluation"] == "step" and requests[0].tags["dagster/max_retries"] == "0"
+    # The run is in flight: nothing more is requested, however often the sensor ticks.
+    assert _tick(sensors.experiment_pass_sensor, instance, resources, cursor)[0] == []
+
+
+def test_pass_sensor_starts_from_the_store_watermarks(store, workdirs, env):
+    """Work done outside the daemon (the CLI's `run`) is not due: a daemon with an empty cursor requests nothing."""
+    instance, resources = env
+    _declare_and_ingest(store, workdirs, instance, 100)
+    assert [_pass_ids(r) for r in _tick(sensors.experiment_pass_sensor, instance, resources)[0]] == [["exp_a"]]
     record_samples(store, "exp_a")
-    requests, cursor, _ = _tick(sensors.sample_threshold_sensor, instance, resources)
-    assert requests == []
-    _declare_and_pair(store, workdirs, instance, 1, start=99)
+    compute_intervals(store, "exp_a")
+    decide(store, "exp_a")
+    assert _tick(sensors.experiment_pass_sensor, instance, resources)[0] == []
+    # Ten more pairs (+10%) make it due again, with a new run key.
+    _declare_and_ingest(store, workdirs, instance, 10, start=100)
+    requests = _tick(sensors.experiment_pass_sensor, instance, resources)[0]
+    assert [_pass_ids(r) for r in requests] == [["exp_a"]]
+
+
+def test_pass_sensor_retries_only_the_experiments_a_failed_run_left_due(store, workdirs, env, monkeypatch):
+    instance, resources = env
+    monkeypatch.setattr(sensors, "RETRY_AFTER_MS", 0)
+    _declare_and_ingest(store, workdirs, instance, 100, experiment_id="exp_a", v="va", c="ca")
+    _declare_and_ingest(store, workdirs, instance, 100, experiment_id="exp_b", v="vb", c="cb")
+    requests, cursor, _ = _tick(sensors.experiment_pass_sensor, instance, resources)
+    assert sorted(_pass_ids(requests[0])) == ["exp_a", "exp_b"]
+    # The run did exp_a and failed on exp_b.
     record_samples(store, "exp_a")
-    requests, cursor, _ = _tick(sensors.sample_threshold_sensor, instance, resources, cursor)
-    assert [(r.run_key, r.partition_key) for r in requests] == [("evaluate:exp_a:100", "exp_a")]
-    # A "daemon restart" is a new context with the stored cursor: nothing is requested twice.
-    assert _tick(sensors.sample_threshold_sensor, instance, resources, json.loads(json.dumps(cursor)))[0] == []
-    _declare_and_pair(store, workdirs, instance, 10, start=100)
-    record_samples(store, "exp_a")
-    requests, cursor, _ = _tick(sensors.sample_threshold_sensor, instance, resources, cursor)
-    assert [r.run_key for r in requests] == ["evaluate:exp_a:110"]
+    compute_intervals(store, "exp_a")
+    decide(store, "exp_a")
+    _finish(instance, requests, dg.DagsterRunStatus.FAILURE)
+    retry, cursor, _ = _tick(sensors.experiment_pass_sensor, instance, resources, cursor)
+    assert [_pass_ids(r) for r in retry] == [["exp_b"]] and retry[0].tags["experimenttracker/retried"] == "1"
+    assert retry[0].run_key != requests[0].run_key
 
 
 def test_stall_sensor_emits_once_and_resumes(store, workdirs, env):
     instance, resources = env
-    _declare_and_pair(store, workdirs, instance, 3)
+    _declare_and_ingest(store, workdirs, instance, 3)
     record_samples(store, "exp_a")
     shutil.rmtree(workdirs["landing"])  # the report bus becomes unreadable
     for _ in range(3):
@@ -170,6 +206,7 @@ def test_sensors_skip_cleanly_when_the_store_is_down(workdirs):
                  "report_bus": ReportBusResource()}
     write_jsonl(workdirs["landing"] / "a.jsonl", [fill("r1", "v-slug", "shadow", "k1")])
     with dg.instance_for_test() as instance:
-        for sensor in (sensors.new_reports_sensor, sensors.pairing_sensor, sensors.sample_threshold_sensor, sensors.stall_sensor):
+        for sensor in (sensors.new_experiments_sensor, sensors.new_reports_sensor, sensors.experiment_pass_sensor,
+                       sensors.stall_sensor):
             requests, _, skip = _tick(sensor, instance, resources)
             assert requests == [] and skip is not None and "unavailable" in skip.skip_message

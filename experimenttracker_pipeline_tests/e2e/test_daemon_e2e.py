@@ -40,7 +40,7 @@ EXPERIMENT = DemoExperiment("exp_e2e_loser", "e2e-model-v2", "e2e-model", true_d
 PHASE_ONE_TIMEOUT_S = 240  # bounded wait for sensor-launched runs to produce samples, a verdict and a signal
 RESTART_TICKS_S = 20  # at least how long the restarted daemon ticks before nothing-twice is checked
 STALL_WINDOW_S = 2
-WATCHED_SENSORS = ("new_experiments_sensor", "new_reports_sensor", "pairing_sensor", "sample_threshold_sensor")
+WATCHED_SENSORS = ("new_experiments_sensor", "new_reports_sensor", "experiment_pass_sensor")
 
 
 # ---- processes -------------------------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def test_daemon_runs_the_pipeline_from_dropped_files_and_restarts_without_duplic
         assert key == body["idempotency_key"]
         runs = _runs(instance)
         assert all(status == "SUCCESS" for _, status, _ in runs), runs
-        assert {job for job, _, _ in runs} >= {"declarations_job", "reports_job", "samples_job", "evaluation_job"}
+        assert {job for job, _, _ in runs} >= {"declarations_job", "reports_job", "experiment_pass_job"}
         assert all(run_key for _, _, run_key in runs), "every run was launched by a sensor (has a run key)"
         assert len(instance.get_dynamic_partitions("experiments")) == 1
 
@@ -326,6 +326,130 @@ def test_daemon_runs_the_pipeline_from_dropped_files_and_restarts_without_duplic
         finally:
             _kill(_pids_with_env(f"DAGSTER_HOME={home}"))
             server.close()
+            if instance is not None:
+                instance.dispose()
+            if store_engine is not None:
+                store_engine.dispose()
+            for name in databases:
+                _drop_database(admin, name)
+            admin.dispose()
+
+
+# ---- many experiments at once ------------------------------------------------------------------------------------
+MANY = 200
+BURST_RUN_BOUND = 4  # runs the daemon may start for the burst: one ingestion, one or two passes, one spare
+
+
+def _wait_for_progress(measure, done, what: str, daemon: "Daemon", stall_s: float = 240, cap_s: float = 1800):
+    """Poll until ``done(measure())``; fail when the measured value has not changed for ``stall_s`` seconds."""
+    start = last_change = time.monotonic()
+    last = value = measure()
+    while not done(value):
+        assert daemon.alive(), "dagster-daemon exited"
+        now = time.monotonic()
+        if value != last:
+            last, last_change = value, now
+        if now - last_change > stall_s or now - start > cap_s:
+            pytest.fail(f"{what}: no progress for {now - last_change:.0f} s ({value!r})")
+        time.sleep(2)
+        value = measure()
+    return value
+
+
+def test_daemon_evaluates_200_experiments_crossing_at_once_in_a_bounded_number_of_runs(tmp_path: Path):
+    """200 experiments declared and paired below min_samples_for_decision; then one report file brings every one of
+    them over the threshold at once. Every verdict must land with at most BURST_RUN_BOUND runs (each experiment its
+    own partition materialization), and a restarted daemon must start nothing and emit nothing again."""
+    import dagster as dg
+
+    from experimenttracker_pipeline_tests.e2e.test_orchestration_e2e import _declaration
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    databases: list[str] = []
+    home, log = tmp_path / "dagster_home", tmp_path / "daemon.log"
+    daemon = instance = store_engine = None
+    try:
+        dagster_db, store_db = _create_database(admin, "et_e2e_dagster"), None
+        databases.append(dagster_db)
+        store_db = _create_database(admin, "et_e2e_store")
+        databases.append(store_db)
+        write_instance_yaml(home, _url(dagster_db))
+        landing, experiments = tmp_path / "landing", tmp_path / "experiments"
+        landing.mkdir()
+        experiments.mkdir()
+        rng = np.random.default_rng(5)
+        before, burst = [], []
+        for i in range(MANY):
+            exp = DemoExperiment(f"exp_many_{i:03d}", f"many-v-{i:03d}", f"many-c-{i:03d}", (0.0, 5.0, -5.0)[i % 3], 30,
+                                 min_samples=25)
+            (experiments / f"{exp.experiment_id}.yaml").write_text(_declaration(exp))
+            reports = shadow_reports(exp, rng, sd_bps=6.0)
+            before += reports[:40]  # 20 pairs: below min_samples_for_decision
+            burst += reports[40:]  # 10 more: 30 pairs, over it
+        write_jsonl(landing / "bus-0001.jsonl", before)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EXPERIMENTTRACKER_", "DAGSTER_"))}
+        env.update({"DAGSTER_HOME": str(home), "EXPERIMENTTRACKER_DAGSTER_PG_URL": _url(dagster_db),
+                    "EXPERIMENTTRACKER_DB_URL": _url(store_db), "EXPERIMENTTRACKER_DATA_DIR": str(tmp_path / "data"),
+                    "EXPERIMENTTRACKER_LANDING_DIR": str(landing), "EXPERIMENTTRACKER_EXPERIMENTS_DIR": str(experiments),
+                    "EXPERIMENTTRACKER_SENSOR_INTERVAL_SECONDS": "2", "PYTHONUNBUFFERED": "1"})
+        instance = dg.DagsterInstance.from_config(str(home))
+        store_engine = sa.create_engine(_url(store_db))
+        daemon = Daemon(env, log)
+        daemon.start()
+
+        def paired():
+            snap = _snapshot(store_engine)
+            return (snap.get("samples", 0), len(_runs(instance)), len(_in_flight(instance)))
+
+        _wait_for_progress(paired, lambda v: v[0] == MANY * 20 and v[2] == 0, "the first 20 pairs were not all paired",
+                           daemon)
+        assert _snapshot(store_engine)["verdicts"] == 0  # all below the threshold: nothing evaluated yet
+        runs_before = _runs(instance)
+
+        (landing / "bus-0002.part").write_text("")
+        write_jsonl(landing / "bus-0002.part", burst)
+        (landing / "bus-0002.part").rename(landing / "bus-0002.jsonl")  # the burst lands at once
+
+        def evaluated():
+            with store_engine.connect() as conn:
+                n = conn.exec_driver_sql("SELECT COUNT(DISTINCT experiment_id) FROM experiment_verdicts").scalar()
+            return (n, len(_runs(instance)), len(_in_flight(instance)))
+
+        _wait_for_progress(evaluated, lambda v: v[0] == MANY and v[2] == 0, "not every verdict landed", daemon)
+        burst_runs = _runs(instance)[: len(_runs(instance)) - len(runs_before)]
+        print(f"burst: {len(burst_runs)} runs for {MANY} experiments: {burst_runs}")
+        assert 1 <= len(burst_runs) <= BURST_RUN_BOUND, burst_runs
+        assert all(status == "SUCCESS" for _, status, _ in burst_runs), burst_runs
+        assert {job for job, _, _ in burst_runs} <= {"reports_job", "experiment_pass_job"}
+        snap = _snapshot(store_engine)
+        assert snap["samples"] == MANY * 30 and snap["verdicts"] == MANY and snap["evaluations"] == MANY, snap
+        # Each experiment got its own partition materialization of verdicts.
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("verdicts")), limit=MANY * 2)
+        assert len({r.partition_key for r in records.records}) == MANY
+
+        before_restart, runs_before_restart = _snapshot(store_engine), _runs(instance)
+        daemon.stop()
+        daemon.start()
+        restart_at = time.monotonic()
+
+        def ticked() -> bool:
+            restarted = log.read_text(errors="replace").split("===== starting dagster-daemon")[-1]
+            return time.monotonic() - restart_at >= RESTART_TICKS_S and all(
+                restarted.count(f"Checking for new runs for sensor: {name}") >= 3 for name in WATCHED_SENSORS)
+
+        _wait(ticked, RESTART_TICKS_S + 120, "the restarted daemon did not evaluate its sensors", daemon, store_engine,
+              instance)
+        assert _without_stalls(_snapshot(store_engine)) == _without_stalls(before_restart)
+        assert _runs(instance) == runs_before_restart, "the restarted daemon launched runs again"
+    except BaseException:
+        print(f"----- dagster-daemon output (tail of {log}) -----\n{_tail(log)}", file=sys.stderr)
+        raise
+    finally:
+        try:
+            if daemon is not None:
+                daemon.stop()
+        finally:
+            _kill(_pids_with_env(f"DAGSTER_HOME={home}"))
             if instance is not None:
                 instance.dispose()
             if store_engine is not None:

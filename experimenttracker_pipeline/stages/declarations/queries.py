@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import sqlalchemy as sa
 
@@ -43,3 +43,15 @@ def set_experiment_status(store: Store, experiment_id: str, status: str) -> None
     """Set the experiment's status (an operator's pause or resume)."""
     with store.begin() as conn:
         conn.execute(experiments.update().values(status=status).where(experiments.c.experiment_id == experiment_id))
+
+
+def known_experiment_ids(store: Store, experiment_ids: Sequence[str]) -> set[str]:
+    """The ids among ``experiment_ids`` that are registered experiments."""
+    e = experiments.c
+    known: set[str] = set()
+    with store.begin() as conn:
+        for start in range(0, len(experiment_ids), 5_000):  # under SQLite's bound-variable limit
+            batch = list(experiment_ids[start:start + 5_000])
+            if batch:
+                known.update(r[0] for r in conn.execute(sa.select(e.experiment_id).where(e.experiment_id.in_(batch))))
+    return known

@@ -20,12 +20,17 @@ from experimenttracker_pipeline.store.schema import (
     landing_files,
     quarantined_reports,
     raw_reports,
+    utc_now,
 )
 
 RAW_COLUMNS = FILL_COLUMNS + ("source_file", "source_line")
 INGESTION_LOCK = 7423002  # pg_advisory_xact_lock key: one ingesting writer at a time
 _FILL_VALUES = operator.attrgetter(*FILL_COLUMNS)
 _SQLITE_MAX_VARIABLES = 5_000  # ids per IN (...) probe, under SQLite's bound-variable limit
+
+
+class LandingOffsetMoved(RuntimeError):
+    """Another process stored the same chunk of a landing file first; nothing of this chunk was written."""
 
 
 @dataclass(frozen=True)
@@ -76,14 +81,24 @@ def landing_state(store: Store) -> dict[str, dict[str, int]]:
     return {r["path"]: {"byte_offset": r["byte_offset"], "lines_read": r["lines_read"], "size_seen": r["size_seen"]} for r in rows}
 
 
+def landing_offset(store: Store, path: str) -> dict[str, int] | None:
+    """The byte offset, line count and size seen stored for one landing file, or None before its first chunk."""
+    t = landing_files
+    rows = store.rows(sa.select(t.c.byte_offset, t.c.lines_read, t.c.size_seen).where(t.c.path == path))
+    return rows[0] if rows else None
+
+
 def ingest_batch(store: Store, *, source_file: str, from_offset: int, to_offset: int, first_line: int, size_seen: int,
                  fills: Sequence[tuple[int, Fill]], rejections: Sequence[QuarantineRow], run_id: str | None = None) -> BatchAccount:
     """Store one chunk of a landing file atomically: accepted fills, duplicates, quarantine rows, the new
     file offset and the chunk's accounting row commit together or not at all."""
     with store.begin() as conn:
+        # The chunk is stored only if the file's offset is still where this reader started: another process
+        # that read the same lines first makes this one roll back instead of counting them twice.
+        _advance_landing_offset(conn, source_file, from_offset, to_offset,
+                                first_line - 1 + len(fills) + len(rejections), size_seen)
         stored = _store_reports(conn, source_file=source_file, from_offset=from_offset, to_offset=to_offset,
                                 first_line=first_line, fills=fills, rejections=rejections, run_id=run_id)
-        _set_landing_offset(conn, source_file, to_offset, first_line - 1 + len(fills) + len(rejections), size_seen)
     return stored.account
 
 
@@ -215,6 +230,26 @@ def batch_slugs_since(store: Store, batch_id: int) -> tuple[int, dict[str, int]]
     rows = store.rows(sa.select(t.c.strategy_slug, sa.func.sum(t.c.fills).label("n"))
                       .where(t.c.batch_id > batch_id, t.c.batch_id <= newest).group_by(t.c.strategy_slug))
     return newest, {r["strategy_slug"]: int(r["n"]) for r in rows}
+
+
+def newest_batch_by_slug(store: Store) -> dict[str, int]:
+    """strategy_slug -> the newest ingestion batch that brought fills of it."""
+    t = ingestion_batch_slugs.c
+    rows = store.rows(sa.select(t.strategy_slug, sa.func.max(t.batch_id).label("newest")).group_by(t.strategy_slug))
+    return {r["strategy_slug"]: int(r["newest"]) for r in rows}
+
+
+def _advance_landing_offset(conn: Connection, path: str, from_offset: int, to_offset: int, lines_read: int,
+                            size_seen: int) -> None:
+    """Move a file's offset from ``from_offset`` to ``to_offset``; `LandingOffsetMoved` if it is no longer there."""
+    t = landing_files
+    moved = conn.execute(sa.update(t).where(t.c.path == path, t.c.byte_offset == from_offset).values(
+        byte_offset=to_offset, lines_read=lines_read, size_seen=size_seen, updated_at=utc_now())).rowcount
+    if not moved and from_offset == 0:
+        insert = upsert(conn, t).values(path=path, byte_offset=to_offset, lines_read=lines_read, size_seen=size_seen)
+        moved = conn.execute(insert.on_conflict_do_nothing(index_elements=["path"])).rowcount
+    if not moved:
+        raise LandingOffsetMoved(f"{path}: another ingestion stored bytes from offset {from_offset} first")
 
 
 def _set_landing_offset(conn: Connection, path: str, offset: int, lines_read: int, size_seen: int) -> None:

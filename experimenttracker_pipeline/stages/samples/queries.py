@@ -19,7 +19,9 @@ from experimenttracker_pipeline.store import Store, bulk_load, upsert
 from experimenttracker_pipeline.store.schema import (
     experiment_pairing_state,
     experiment_samples,
+    experiment_verdicts,
     experiments,
+    ingestion_batches,
     raw_reports,
 )
 
@@ -81,17 +83,26 @@ def last_sample_time(conn: Connection, experiment_id: str) -> int | None:
 
 
 def save_pairing_state(conn: Connection, experiment_id: str, samples: int, orphan_variant: int, orphan_control: int,
-                       last_sample_at_ms: int | None, appended: int = 0) -> None:
-    """Upsert the experiment's pairing state; the append time moves only when samples were appended."""
+                       last_sample_at_ms: int | None, appended: int = 0, paired_through_batch: int | None = None) -> None:
+    """Upsert the experiment's pairing state; the append time moves only when samples were appended, the pairing
+    watermark only when given."""
     t = experiment_pairing_state
     insert = upsert(conn, t).values(
         experiment_id=experiment_id, samples=samples, orphan_variant=orphan_variant, orphan_control=orphan_control,
-        last_sample_at_ms=last_sample_at_ms, last_appended_at_ms=int(time.time() * 1000) if appended else None)
+        last_sample_at_ms=last_sample_at_ms, last_appended_at_ms=int(time.time() * 1000) if appended else None,
+        paired_through_batch=paired_through_batch)
     new = insert.excluded
     conn.execute(insert.on_conflict_do_update(index_elements=["experiment_id"], set_={
         "samples": new.samples, "orphan_variant": new.orphan_variant, "orphan_control": new.orphan_control,
         "last_sample_at_ms": new.last_sample_at_ms, "updated_at": new.updated_at,
-        "last_appended_at_ms": sa.func.coalesce(new.last_appended_at_ms, t.c.last_appended_at_ms)}))
+        "last_appended_at_ms": sa.func.coalesce(new.last_appended_at_ms, t.c.last_appended_at_ms),
+        "paired_through_batch": sa.func.coalesce(new.paired_through_batch, t.c.paired_through_batch)}))
+
+
+def newest_batch(conn: Connection) -> int:
+    """The newest committed ingestion batch id. Read at the start of a pairing transaction: ingestion commits
+    batches in id order (serialised), so every fill of a batch up to this id is visible to that pairing."""
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(ingestion_batches.c.id), 0))).scalar())
 
 
 def pairing_state(store: Store, experiment_id: str) -> dict[str, Any] | None:
@@ -103,14 +114,21 @@ def pairing_states(store: Store) -> dict[str, dict[str, Any]]:
     return {r["experiment_id"]: r for r in store.rows(sa.select(experiment_pairing_state))}
 
 
-def sensor_snapshot(store: Store) -> list[dict[str, Any]]:
-    """Per experiment, what the sensors need, in one query over small tables (never sample rows)."""
-    e, p = experiments.c, experiment_pairing_state.c
-    return store.rows(
-        sa.select(e.experiment_id, e.status, e.mode, e.variant_slug, e.control_slug, e.min_samples_for_decision,
-                  e.registered_at_ms, sa.func.coalesce(p.samples, 0).label("samples"), p.last_appended_at_ms)
-        .select_from(experiments.outerjoin(experiment_pairing_state, p.experiment_id == e.experiment_id))
-        .order_by(e.experiment_id))
+def sensor_snapshot(store: Store, experiment_id: str | None = None) -> list[dict[str, Any]]:
+    """Per experiment (or the one named), what the sensors and `run` decide from, in one query over small tables
+    (never sample rows): counts, the pairing watermark and the sample count of the latest verdict (the evaluation
+    watermark)."""
+    e, p, v = experiments.c, experiment_pairing_state.c, experiment_verdicts.c
+    evaluated = (sa.select(v.samples).where(v.experiment_id == e.experiment_id).order_by(v.id.desc()).limit(1)
+                 .scalar_subquery().label("evaluated_samples"))
+    query = (sa.select(e.experiment_id, e.status, e.mode, e.variant_slug, e.control_slug, e.min_samples_for_decision,
+                       e.registered_at_ms, e.source_file, sa.func.coalesce(p.samples, 0).label("samples"),
+                       p.last_appended_at_ms, p.paired_through_batch, evaluated)
+             .select_from(experiments.outerjoin(experiment_pairing_state, p.experiment_id == e.experiment_id))
+             .order_by(e.experiment_id))
+    if experiment_id is not None:
+        query = query.where(e.experiment_id == experiment_id)
+    return store.rows(query)
 
 
 def iter_samples(store: Store, experiment_id: str, batch: int = 20_000) -> Iterator[dict[str, Any]]:

@@ -23,6 +23,7 @@ from experimenttracker_pipeline.stages.samples.queries import (
     iter_samples,
     last_sample_time,
     lock_experiment,
+    newest_batch,
     sample_tail,
     save_pairing_state,
     unpaired_candidates,
@@ -58,6 +59,8 @@ def record_samples(store: Store, experiment_id: str) -> SamplingResult:
         raise KeyError(f"experiment {experiment_id!r} is not registered; declare it in the experiments folder")
     with store.begin() as conn:
         lock_experiment(conn, experiment_id)
+        # Read before the candidates: every fill of a batch up to this id is then visible to this pairing.
+        through_batch = newest_batch(conn)
         tail_n, tail_hash = sample_tail(conn, experiment_id)
         if tail_n:
             _check_tail(store, conn, experiment_id, tail_n, tail_hash)
@@ -73,7 +76,7 @@ def record_samples(store: Store, experiment_id: str) -> SamplingResult:
         previous_last = last_sample_time(conn, experiment_id)
         last_at = max([t for t in [previous_last, *(r["recorded_at_ms"] for r in rows)] if t is not None], default=None)
         save_pairing_state(conn, experiment_id, total, len(variants) - len(pairs), len(controls) - len(pairs), last_at,
-                                 appended=len(rows))
+                           appended=len(rows), paired_through_batch=through_batch)
         batch_mean = sum(r["edge_delta_bps"] for r in rows) / len(rows) if rows else None
         if rows:
             last = rows[-1]

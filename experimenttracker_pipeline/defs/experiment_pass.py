@@ -1,0 +1,195 @@
+"""experiment_pass_job: many experiments in one run, each still with its own partition materializations and checks.
+
+A run gets a list of experiments (the CLI's `run`, or `experiment_pass_sensor` with every experiment that is due);
+its config mapping splits the list over a fixed number of steps (EXPERIMENTTRACKER_PASS_STEPS). Each step pairs and
+evaluates its experiments one after another (`orchestration.experiment_pass.process_experiment`) and logs, per
+experiment, a materialization of each partitioned asset it refreshed (`experiment_samples` ... `promotions`, with
+the same metadata a partitioned run records) and the partition's check results, so the UI's partition and check
+views are the same as with one run per experiment, at a fraction of the cost (no run, plan and step events per
+experiment). Steps pass no data to each other, so with the Celery executor (EXPERIMENTTRACKER_EXECUTOR=celery)
+they run on workers on any host without shared storage.
+
+One experiment's failure does not stop the others: its step fails at the end naming it (the sensor retries just
+those experiments). A stop request (SIGINT/SIGTERM, or terminating the run in the UI) ends the run as CANCELED
+between two experiments.
+"""
+
+import dagster as dg
+
+from experimenttracker_pipeline.defs.causal_effects import causal_estimates, causal_metadata
+from experimenttracker_pipeline.defs.drift import drift_metadata, drift_signals
+from experimenttracker_pipeline.defs.intervals import confidence_intervals, intervals_metadata
+from experimenttracker_pipeline.defs.partitions import progress, refuse_unknown, stop_run
+from experimenttracker_pipeline.defs.promotion import (
+    PROMOTION_CHECK,
+    promotion_metadata,
+    promotions,
+    signoff_check_result,
+)
+from experimenttracker_pipeline.defs.resources import ExperimentStoreResource, StrategyRegistryResource
+from experimenttracker_pipeline.defs.samples import (
+    SAMPLES_CHAIN_CHECK,
+    chain_check_result,
+    experiment_samples,
+    samples_metadata,
+)
+from experimenttracker_pipeline.defs.verdict import verdict_metadata, verdicts
+from experimenttracker_pipeline.orchestration import stopping
+from experimenttracker_pipeline.orchestration.due_work import EvaluationRule, split_over_steps
+from experimenttracker_pipeline.orchestration.experiment_pass import ExperimentOutcome, process_experiment
+from experimenttracker_pipeline.orchestration.instance import pool_storage_connections
+from experimenttracker_pipeline.settings import Settings
+from experimenttracker_pipeline.stages.ingestion.queries import newest_batch_by_slug
+from experimenttracker_pipeline.stages.promotion.signoff import promotion_violations
+
+JOB_NAME = "experiment_pass_job"
+
+
+# (asset, outcome attribute, metadata function taking (store, result))
+_MATERIALIZED = (
+    (experiment_samples, "samples", lambda db, r: samples_metadata(r)),
+    (confidence_intervals, "intervals", intervals_metadata),
+    (causal_estimates, "causal", lambda db, r: causal_metadata(r)),
+    (verdicts, "verdict", verdict_metadata),
+    (drift_signals, "drift", lambda db, r: drift_metadata(r)),
+    (promotions, "promotion", lambda db, r: promotion_metadata(r)),
+)
+
+
+def _log_materializations(context: dg.OpExecutionContext, db, outcome: ExperimentOutcome) -> None:
+    for asset, attribute, metadata in _MATERIALIZED:
+        result = getattr(outcome, attribute)
+        if result is not None:
+            context.log_event(dg.AssetMaterialization(asset_key=asset.key, partition=outcome.experiment_id,
+                                                      metadata=metadata(db, result)))
+
+
+def _latest_materializations(context: dg.OpExecutionContext, asset_key: dg.AssetKey, experiment_ids: list[str]) -> dict:
+    """partition -> this run's materialization record of ``asset_key`` (one query for all of them)."""
+    if not experiment_ids:
+        return {}
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=experiment_ids), limit=len(experiment_ids)).records
+    return {r.partition_key: r for r in records if r.run_id == context.run.run_id}
+
+
+def _log_check(context: dg.OpExecutionContext, asset_key: dg.AssetKey, check_name: str, record,
+               result: dg.AssetCheckResult) -> None:
+    # The UI counts a partition's check result only when it points at the partition's latest materialization.
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # not exported in 1.13
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    context.log_event(dg.AssetCheckEvaluation(
+        asset_key=asset_key, check_name=check_name, passed=result.passed, partition=record.partition_key,
+        metadata=result.metadata, description=result.description,
+        target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
+            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp)))
+
+
+def _log_checks(context: dg.OpExecutionContext, db, outcomes: list[ExperimentOutcome]) -> None:
+    paired = [o for o in outcomes if o.samples is not None]
+    records = _latest_materializations(context, experiment_samples.key, [o.experiment_id for o in paired])
+    for outcome in paired:
+        broken = {} if outcome.chain_break is None else {outcome.experiment_id: {
+            "first_broken_sample_n": outcome.chain_break.sample_n, "problem": outcome.chain_break.problem}}
+        if outcome.experiment_id in records:
+            _log_check(context, experiment_samples.key, SAMPLES_CHAIN_CHECK, records[outcome.experiment_id],
+                       chain_check_result(1, outcome.chain_checked or 0, broken))
+    gated = [o for o in outcomes if o.promotion is not None]
+    if not gated:
+        return
+    records = _latest_materializations(context, promotions.key, [o.experiment_id for o in gated])
+    violations = promotion_violations(db)
+    for outcome in gated:
+        if outcome.experiment_id in records:
+            mine = [v for v in violations if v.experiment_id in (outcome.experiment_id, None)]
+            _log_check(context, promotions.key, PROMOTION_CHECK, records[outcome.experiment_id], signoff_check_result(mine))
+
+
+STEP_CONFIG = {
+    "experiment_ids": dg.Field([str], description="this step's experiments"),
+    "evaluation": dg.Field(str, default_value="growth", description="growth | step (see EvaluationRule)"),
+    "step_pct": dg.Field(float, default_value=10.0),
+    "step_n": dg.Field(int, default_value=1),
+}
+
+
+def _pass_step(index: int) -> dg.OpDefinition:
+    @dg.op(name=f"pass_step_{index:02d}", config_schema=STEP_CONFIG, out={},
+           description="Pair and evaluate this step's experiments one after another; log each one's materializations "
+                       "and checks; fail at the end naming the experiments that failed.")
+    def pass_step(context: dg.OpExecutionContext, store: ExperimentStoreResource,
+                  registry: StrategyRegistryResource):
+        config = context.op_config
+        experiment_ids = list(config["experiment_ids"])
+        if not experiment_ids:
+            return
+        pool_storage_connections(context.instance)
+        db, client = store.get_store(), registry.get_registry()
+        refuse_unknown(context, db, experiment_ids)
+        rule = EvaluationRule(config["evaluation"], config["step_pct"] / 100, config["step_n"])
+        newest = newest_batch_by_slug(db)
+        outcomes: list[ExperimentOutcome] = []
+        with stopping.deferred_signals():
+            for position, experiment_id in enumerate(experiment_ids):
+                if stopping.requested():
+                    _log_checks(context, db, outcomes)
+                    stop_run(context, progress(experiment_ids[:position], experiment_ids[position:]))
+                outcome = process_experiment(db, client, experiment_id, rule, newest)
+                _log_materializations(context, db, outcome)
+                if not outcome.ok:
+                    context.log.error(f"{experiment_id} failed at {outcome.failed_stage}: {outcome.error}")
+                outcomes.append(outcome)
+            _log_checks(context, db, outcomes)
+        failed = {o.experiment_id: f"{o.failed_stage}: {o.error}" for o in outcomes if not o.ok}
+        summary = (f"{len(outcomes)} experiments: {sum(o.paired for o in outcomes)} paired, "
+                   f"{sum(o.evaluated for o in outcomes)} evaluated, {len(failed)} failed")
+        context.log.info(summary)
+        if failed:
+            raise dg.Failure(description=f"{summary}: " + "; ".join(f"{k} ({v})" for k, v in list(failed.items())[:20]),
+                             metadata={"failed_experiments": dg.MetadataValue.json(failed)})
+
+    return pass_step
+
+
+JOB_CONFIG = {
+    "experiment_ids": dg.Field([str], description="the experiments of this pass"),
+    "evaluation": dg.Field(str, default_value="growth",
+                           description="growth: evaluate when the sample count changed since the latest verdict; step: "
+                                       "from min_samples_for_decision on, every +step_pct / +step_n samples"),
+    "step_pct": dg.Field(float, default_value=10.0),
+    "step_n": dg.Field(int, default_value=1),
+    "console_log_level": dg.Field(str, default_value="DEBUG", description="level of the run's console log"),
+}
+
+
+def pass_executor(settings: Settings) -> dg.ExecutorDefinition:
+    """In-process by default; Dagster's Celery executor (each step a Celery task) with EXPERIMENTTRACKER_EXECUTOR=celery."""
+    if settings.executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured({"broker": settings.celery_broker, "backend": settings.celery_backend},
+                                          name="celery")
+    return dg.in_process_executor
+
+
+def build_experiment_pass_job(settings: Settings) -> dg.JobDefinition:
+    steps = [_pass_step(index) for index in range(settings.pass_steps)]
+
+    def config_fn(config: dict) -> dict:
+        EvaluationRule(config["evaluation"])  # a bad rule name fails at launch, before any work
+        slices = split_over_steps(config["experiment_ids"], len(steps))
+        common = {k: config[k] for k in ("evaluation", "step_pct", "step_n")}
+        return {"loggers": {"console": {"config": {"log_level": config["console_log_level"]}}},
+                "ops": {step.name: {"config": {"experiment_ids": part, **common}} for step, part in zip(steps, slices)}}
+
+    @dg.job(name=JOB_NAME, executor_def=pass_executor(settings), tags={"experimenttracker/stage": "pass"},
+            config=dg.ConfigMapping(config_fn=config_fn, config_schema=JOB_CONFIG),
+            description="Pair and evaluate many experiments in one run (CLI `run`/`backfill`, experiment_pass_sensor); "
+                        "each experiment gets its own partition materializations and checks.")
+    def experiment_pass_job():
+        for step in steps:
+            step()
+
+    return experiment_pass_job
