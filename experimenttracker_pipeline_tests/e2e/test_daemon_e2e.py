@@ -39,9 +39,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = DemoExperiment("exp_e2e_loser", "e2e-model-v2", "e2e-model", true_delta_bps=-12.0, pairs=60, min_samples=30)
 # Waits fail when nothing advanced (store rows, runs and their statuses, Dagster events, sensor evaluations) for
-# IDLE_TIMEOUT_S; a cold daemon start loads the code location before anything is visible, which takes tens of
-# seconds on a loaded 2-core machine. OVERALL_CAP_S only stops a pipeline that keeps moving without getting there.
-IDLE_TIMEOUT_S = 180
+# IDLE_TIMEOUT_S; a cold daemon start loads the code location before anything is visible, which took over a
+# minute on a loaded 2-core machine. OVERALL_CAP_S only stops a pipeline that keeps moving without getting there.
+IDLE_TIMEOUT_S = 240
 OVERALL_CAP_S = 1200
 RESTART_TICKS_S = 20  # at least how long the restarted daemon ticks before nothing-twice is checked
 STALL_WINDOW_S = 2
