@@ -34,7 +34,7 @@ live-tools:
 test: $(STAMP) live-tools
 	$(PYTEST) $(PYTEST_ARGS) $(TESTS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) live-tools
 	$(PYTEST) $(PYTEST_ARGS) $(TESTS)/unit $(TESTS)/store
 
 # The Dagster UI on the same data folder and instance as `make demo`.

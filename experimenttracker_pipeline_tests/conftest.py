@@ -3,6 +3,7 @@ local server) and FAIL, never skip, when it is unreachable: CI must exercise the
 
 from __future__ import annotations
 
+import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -10,7 +11,6 @@ from typing import Iterator
 import pytest
 import sqlalchemy as sa
 
-from experimenttracker_pipeline.defs.resources import forget_stores
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.stages.ingestion.bus import BusConfig
 from experimenttracker_pipeline_tests.support.nats import NATS_SERVER, NatsServer
@@ -45,7 +45,11 @@ def pg_database() -> Iterator[str]:
         pytest.fail(f"PostgreSQL is required for the test suite and is not reachable at {PG_ADMIN_URL}: {exc}")
     url = sa.engine.make_url(PG_ADMIN_URL).set(database=name)
     yield url.render_as_string(hide_password=False)
-    forget_stores()
+    # Dagster resources cache their stores; close them before the drop. Looked up rather than imported so that the
+    # unit and store layers never pay for importing Dagster.
+    resources = sys.modules.get("experimenttracker_pipeline.defs.resources")
+    if resources is not None:
+        resources.forget_stores()
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

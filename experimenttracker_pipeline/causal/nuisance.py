@@ -82,6 +82,10 @@ def crossfit_outcomes(
     ``n_jobs`` caps the OpenMP/BLAS threads: on a shared 2-core host, unbounded OpenMP in
     histogram boosting was measured 15x slower (oversubscription) than a single thread.
     """
+    # threadpoolctl limits only the libraries already loaded: import scikit-learn (and with it its OpenMP runtime)
+    # first, or the first fit in a process runs unlimited (measured 20x the CPU time on a loaded 2-core host).
+    import sklearn  # noqa: F401
+
     with threadpool_limits(limits=n_jobs):
         return _crossfit_outcomes(X, t, y, kind, n_folds, seed)
 

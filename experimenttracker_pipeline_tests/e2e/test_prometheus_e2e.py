@@ -26,6 +26,7 @@ from experimenttracker_pipeline.stages.samples.recording import record_samples
 from experimenttracker_pipeline_tests.builders import fill, write_jsonl
 from experimenttracker_pipeline_tests.support.nats import free_port, wait_for_port
 from experimenttracker_pipeline_tests.support.pipeline import evaluated_experiment
+from experimenttracker_pipeline_tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -38,14 +39,22 @@ def _api(port: int, path: str, **params) -> dict:
         return json.loads(response.read())
 
 
-def _wait(predicate, what: str, *, timeout: float = 180.0, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+def _last_scrape(port: int) -> str | None:
+    """When Prometheus last scraped the serve target: it moves on every scrape, so it is the wait's progress."""
+    targets = _api(port, "/api/v1/targets")["data"]["activeTargets"]
+    return targets[0].get("lastScrape") if targets else None
+
+
+def _wait(predicate, what: str, port: int):
+    """Poll `predicate` until it returns something true; fail when Prometheus stopped scraping for two minutes."""
+    found = []
+
+    def done() -> bool:
+        found[:] = [predicate()]
+        return bool(found[0])
+
+    wait_until(done, lambda: _last_scrape(port), idle_timeout=120, overall_cap=900, poll_seconds=0.5, what=what)
+    return found[0]
 
 
 def _alert_state(port: int, experiment_id: str) -> str | None:
@@ -108,28 +117,29 @@ def test_prometheus_scrapes_serve_and_the_stalled_alert_fires_when_samples_stop(
                                    f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
                                   stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
     try:
-        wait_for_port(serve_port, up=True, timeout=60)
-        wait_for_port(prom_port, up=True, timeout=60)
+        wait_for_port(serve_port, up=True, process=serve)
+        wait_for_port(prom_port, up=True, process=prometheus)
         targets = _wait(lambda: [t for t in _api(prom_port, "/api/v1/targets")["data"]["activeTargets"] if t["health"] == "up"],
-                        "the serve target to be scraped")
+                        "the serve target to be scraped", prom_port)
         assert targets[0]["scrapeUrl"] == f"http://127.0.0.1:{serve_port}/metrics"
         names = set(_wait(lambda: {n for n in _api(prom_port, "/api/v1/label/__name__/values")["data"] if n.startswith(P)} >= {
             P + "samples_total", P + "experiments_total", P + "edge_delta_bps", P + "drift_signals_total"} and
-            _api(prom_port, "/api/v1/label/__name__/values")["data"], "the spec's metric names"))
+            _api(prom_port, "/api/v1/label/__name__/values")["data"], "the spec's metric names", prom_port))
         assert {P + "samples_total", P + "experiments_total", P + "edge_delta_bps", P + "drift_signals_total"} <= names
         drift = _api(prom_port, "/api/v1/query", query=P + "drift_signals_total")["data"]["result"]
         assert [(r["metric"]["slug"], r["metric"]["job"], r["value"][1]) for r in drift] == [("exp_lose-v", "experimenttracker", "1")]
 
         # While samples flow, the rate over the window stays above zero: no alert for exp_flow.
         _wait(lambda: float((_api(prom_port, "/api/v1/query", query=f"rate({P}samples_total[6s])")["data"]["result"] or
-                             [{"value": [0, "0"]}])[0]["value"][1]) > 0, "a positive sample rate")
+                             [{"value": [0, "0"]}])[0]["value"][1]) > 0, "a positive sample rate", prom_port)
         time.sleep(4)
         assert _alert_state(prom_port, "exp_flow") is None
         flowing.clear()
-        feeder.join(timeout=30)
+        feeder.join(timeout=300)  # one more feed round at most; bounds a hang, not a slow round
+        assert not feeder.is_alive(), "the sample feeder did not stop"
         stopped_at = time.monotonic()
-        _wait(lambda: _alert_state(prom_port, "exp_flow") == "pending", "the stalled alert to go pending", timeout=120)
-        _wait(lambda: _alert_state(prom_port, "exp_flow") == "firing", "the stalled alert to fire", timeout=120)
+        _wait(lambda: _alert_state(prom_port, "exp_flow") == "pending", "the stalled alert to go pending", prom_port)
+        _wait(lambda: _alert_state(prom_port, "exp_flow") == "firing", "the stalled alert to fire", prom_port)
         assert time.monotonic() - stopped_at >= 6  # not before the window had emptied
         alert = next(a for a in _api(prom_port, "/api/v1/alerts")["data"]["alerts"] if a["labels"].get("experiment_id") == "exp_flow")
         assert alert["labels"]["severity"] == "P2"

@@ -50,8 +50,8 @@ def test_serve_is_a_small_dagster_free_process(store, populated, tmp_path):
     servers = [subprocess.Popen([sys.executable, "-m", "experimenttracker_pipeline.cli", "serve", "--port", str(p)],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in ports]
     try:
-        for port in ports:
-            wait_for_port(port, up=True, timeout=60)
+        for port, server in zip(ports, servers):
+            wait_for_port(port, up=True, process=server)
         bodies = []
         for port in ports:
             status, content_type, body = _get(f"http://127.0.0.1:{port}/metrics")
@@ -66,5 +66,5 @@ def test_serve_is_a_small_dagster_free_process(store, populated, tmp_path):
     finally:
         for server in servers:
             server.send_signal(signal.SIGTERM)
-        codes = [server.wait(timeout=20) for server in servers]
+        codes = [server.wait(timeout=120) for server in servers]  # bounds a hang, not a slow exit
     assert codes == [0, 0]

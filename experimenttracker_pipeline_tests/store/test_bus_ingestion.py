@@ -17,6 +17,7 @@ from experimenttracker_pipeline.stages.ingestion import bus
 from experimenttracker_pipeline.store import Store, StoreUnavailable
 from experimenttracker_pipeline_tests.builders import fill
 from experimenttracker_pipeline_tests.support.nats import free_port, publish
+from experimenttracker_pipeline_tests.support.waiting import wait_until
 
 
 def fills(n: int, prefix: str = "r") -> list[dict]:
@@ -167,11 +168,15 @@ def test_killing_the_ingestion_mid_batch_and_restarting_gives_exact_counts(store
     done_before = store.scalar("SELECT COUNT(*) FROM bus_messages")
     assert 0 < done_before < len(records)
     time.sleep(bus_config.ack_wait_seconds + 0.5)
-    deadline = time.monotonic() + 120
-    while store.scalar("SELECT COUNT(*) FROM bus_messages") < len(records):
-        assert time.monotonic() < deadline, "the restarted ingestion stopped making progress"
+
+    def drained() -> bool:
+        if store.scalar("SELECT COUNT(*) FROM bus_messages") >= len(records):
+            return True
         bus.ingest_bus(store, bus_config, max_messages=10**9)
-        time.sleep(bus_config.ack_wait_seconds)
+        return False
+
+    wait_until(drained, lambda: store.scalar("SELECT COUNT(*) FROM bus_messages"), idle_timeout=120,
+               poll_seconds=bus_config.ack_wait_seconds, what="the restarted ingestion to store every message")
 
     assert store.scalar("SELECT COUNT(*) FROM raw_reports") == 3000
     assert store.scalar("SELECT COUNT(*) FROM quarantined_reports") == 6

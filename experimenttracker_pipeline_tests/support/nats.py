@@ -21,7 +21,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, *, up: bool, timeout: float = 20.0) -> None:
+def wait_for_port(port: int, *, up: bool, timeout: float = 300.0, process: subprocess.Popen | None = None) -> None:
+    """Wait until `port` accepts connections (`up`) or refuses them. With `process` (the one that should listen),
+    fail at once when it exits, so the generous `timeout` only bounds a process that lives but never listens: a
+    loaded machine delays a start by tens of seconds, and that must not fail a test."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -31,8 +34,10 @@ def wait_for_port(port: int, *, up: bool, timeout: float = 20.0) -> None:
         except OSError:
             if not up:
                 return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process for port {port} exited with {process.returncode} before listening")
         time.sleep(0.05)
-    raise AssertionError(f"port {port} did not become {'reachable' if up else 'free'} within {timeout}s")
+    raise AssertionError(f"port {port} did not become {'reachable' if up else 'free'} within {timeout:.0f} s")
 
 
 class NatsServer:
@@ -52,7 +57,7 @@ class NatsServer:
         self.process = subprocess.Popen(
             [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.folder / "store")],
             stdout=(self.folder / "server.log").open("ab"), stderr=subprocess.STDOUT)
-        wait_for_port(self.port, up=True)
+        wait_for_port(self.port, up=True, process=self.process)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
