@@ -100,7 +100,7 @@ def new_experiments_sensor(context: dg.SensorEvaluationContext, store: Experimen
     # Partitions first, then the store: registration stores an experiment before it adds its partition.
     partitions = context.instance.get_dynamic_partitions(experiment_partitions.name)
     try:
-        rows = store.get_store().sensor_snapshot()
+        rows = sensor_snapshot(store.get_store())
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}")
     add, delete = sensing.partition_changes(partitions, [r["experiment_id"] for r in rows])
