@@ -1,4 +1,4 @@
-"""Tick time of each sensor with 1,000 active experiments and 10 million samples (issue 4: "a tick reads counts
+"""Tick time of each sensor with 1,000 active experiments and 10 million samples ("a tick reads counts
 and watermarks, not sample rows, and returns in well under a second with 1,000 active experiments").
 
     .venv/bin/python benchmarks/sensor_tick.py [--experiments 1000] [--samples 10000000] [--ticks 20]

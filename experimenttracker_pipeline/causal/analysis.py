@@ -191,7 +191,7 @@ def analyse_experiment(
             poor = bool(ate.overlap.get("poor_overlap"))
             if ate.propensity_constant:
                 # Randomised with a constant probability: the difference of means is
-                # unbiased and matches the spine's per-experiment CI.
+                # unbiased and matches the paired per-experiment CI.
                 res.verdict_basis = "naive"
             elif poor and ate.aipw_trimmed is not None:
                 res.verdict_basis = "aipw_trimmed"

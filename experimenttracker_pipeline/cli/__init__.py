@@ -201,11 +201,12 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
         _, status = _execute(job("signal_delivery_job"), instance, out, "signal_delivery_job", run_config=run_config)
         ok &= status == "SUCCESS"
     # 5. reports waiting in the outbox for the report bus
-    if bus.up and unpublished_count(store):
-        ran += 1
-        _, status = _execute(job("report_relay_job"), instance, out, "report_relay_job", run_config=run_config)
-        print(f"  {unpublished_count(store)} reports unpublished", file=out)
-        ok &= status == "SUCCESS"
+    if bus.up:
+        if unpublished_count(store):
+            ran += 1
+            _, status = _execute(job("report_relay_job"), instance, out, "report_relay_job", run_config=run_config)
+            ok &= status == "SUCCESS"
+        print(f"report bus outbox: {unpublished_count(store)} reports unpublished", file=out)
     if not ran:
         print(f"nothing new: {len(snapshot)} experiment(s) up to date, no new declarations or report lines", file=out)
     return 0 if ok else 1
@@ -311,7 +312,7 @@ def status_rows(store: Store) -> list[dict[str, Any]]:
 
 
 def _causal_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The `causal` object of `status --json` (issue 5 shape)."""
+    """The `causal` object of `status --json`."""
     keep = ("naive_diff_bps", "ipw", "aipw", "paired", "overlap", "segments", "harmed_segments", "warnings",
             "propensity_source", "verdict_basis", "seed")
     return {key: result[key] for key in keep if key in result}

@@ -61,7 +61,8 @@ def test_a_paused_experiment_is_neither_paired_nor_evaluated_nor_stalled():
              "min_samples_for_decision": 10, "samples": 50, "last_appended_at_ms": 0, "registered_at_ms": 0},
             {"experiment_id": "off", "status": "paused", "variant_slug": "v2", "control_slug": "c2",
              "min_samples_for_decision": 10, "samples": 50, "last_appended_at_ms": 0, "registered_at_ms": 0}]
-    assert [r.target for r in due_work.pairing_requests(rows, {"v1": 3, "v2": 3}, 7)] == ["on"]
-    assert [r.target for r in due_work.evaluation_requests(rows, {})] == ["on"]
+    for rule in (due_work.EvaluationRule("growth"), due_work.EvaluationRule("step")):
+        due = due_work.due_experiments(rows, {"v1": 3, "v2": 3}, rule)
+        assert [(d.experiment_id, d.pair, d.evaluate) for d in due] == [("on", True, True)]
     changes = due_work.stall_changes(rows, {}, now_ms=10**13, window_ms=1000, bus_error="down")
     assert [c.experiment_id for c in changes] == ["on"]
