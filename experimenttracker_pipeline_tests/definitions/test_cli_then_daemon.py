@@ -1,5 +1,5 @@
 """`make dev` after `make demo`: the sensors start from what the store says, so the daemon requests none of the work
-the CLI already did (the issue: 5 pairing runs with 0 new samples and 4 evaluation runs)."""
+the CLI already did (a daemon blind to it would start 5 pairing runs with 0 new samples and 4 evaluation runs)."""
 
 import io
 

@@ -177,7 +177,7 @@ def test_run_stops_between_experiments_on_a_signal_and_a_rerun_continues(tmp_pat
 
 # ---- two processes, one store -----------------------------------------------------------------------------------
 def test_two_runs_started_together_read_every_line_once(tmp_path, pg_url):
-    """The issue's race: two `run`s on one PostgreSQL store and one fresh DAGSTER_HOME, started together."""
+    """Two `run`s on one PostgreSQL store and one fresh DAGSTER_HOME, started together."""
     bad = ["{not json", json.dumps({"report_id": "r-bad", "event_type": "FILL"})]
     data = write_experiments(tmp_path, 20, pairs=20, extra_lines=bad)
     env = cli_env(tmp_path, pg_url)  # both use the data folder's (fresh) DAGSTER_HOME
