@@ -176,6 +176,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("dagster",
 
 
 def test_planning_imports_neither_dagster_nor_sqlalchemy():
-    out = subprocess.run([sys.executable, "-c", PROBE, "experimenttracker_pipeline.stages.design.proposer"],
+    out = subprocess.run([sys.executable, "-c", PROBE, "experimenttracker_pipeline.stages.design.proposer",
+                          "experimenttracker_pipeline.stages.design.allocation", "experimenttracker_pipeline.causal.adaptive"],
                          capture_output=True, text=True, check=True, timeout=600)
     assert out.stdout.strip() == "[]"
