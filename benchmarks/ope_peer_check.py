@@ -89,9 +89,9 @@ def main() -> None:
         v = peer.estimate_policy_value(**common, **extra)
         ci = peer.estimate_interval(**common, **extra, n_bootstrap_samples=4000, random_state=0)
         ours = getattr(res, k)
-        print(f"{k:>9} {ours.estimate_bps:>10.5f} {v:>10.5f} {abs(ours.estimate_bps - v):>9.1e} "
-              f"{f'[{ours.ci_95_low:.4f}, {ours.ci_95_high:.4f}]':>22} "
-              f"{f'[{ci["95.0% CI (lower)"]:.4f}, {ci["95.0% CI (upper)"]:.4f}]':>22}")
+        mine = f"[{ours.ci_95_low:.4f}, {ours.ci_95_high:.4f}]"
+        theirs = "[{:.4f}, {:.4f}]".format(ci["95.0% CI (lower)"], ci["95.0% CI (upper)"])
+        print(f"{k:>9} {ours.estimate_bps:>10.5f} {v:>10.5f} {abs(ours.estimate_bps - v):>9.1e} {mine:>22} {theirs:>22}")
 
 
 if __name__ == "__main__":
