@@ -88,6 +88,12 @@ def test_duration_follows_the_fill_rate():
     live = propose_design(request(mode="limited_live", risk="medium"), history(n=8000, days=20))
     assert live.rollout["strategy"] == "stratified" and live.rollout["initial_share_bp"] == 1000
     assert live.pairs_per_day == pytest.approx(40)
+    assert live.duration_at_max_share_days == pytest.approx(live.samples_per_arm / 40)  # default cap = 10%
+    canary = propose_design(request(mode="limited_live", risk="high", max_population_share_bp=2000), history())
+    assert canary.pairs_per_day == pytest.approx(4)
+    assert canary.duration_at_max_share_days == pytest.approx(canary.samples_per_arm / 80)
+    assert canary.proposal_block()["expected_duration_days_at_max_share"] == pytest.approx(
+        canary.samples_per_arm / 80, rel=1e-3)
 
 
 @pytest.mark.parametrize("risk,strategy,share", [("low", "stratified", 1000), ("medium", "stratified", 1000),

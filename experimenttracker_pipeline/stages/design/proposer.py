@@ -198,6 +198,7 @@ class Proposal:
     stop_rules: dict[str, Any]
     monitoring: dict[str, Any]
     assumptions: list[str] = field(default_factory=list)
+    duration_at_max_share_days: float | None = None  # limited live ramped to the PoLB cap
 
     @property
     def variant_ids(self) -> list[str]:
@@ -272,6 +273,8 @@ class Proposal:
             "expected_pairs_per_day": None if self.pairs_per_day is None else _plain(round(self.pairs_per_day, 3)),
             "expected_duration_days": None if self.expected_duration_days is None
             else _plain(round(self.expected_duration_days, 2)),
+            **({"expected_duration_days_at_max_share": _plain(round(self.duration_at_max_share_days, 2))}
+               if self.duration_at_max_share_days is not None else {}),
             "monitoring": self.monitoring,
             "history": {
                 "control_fills": self.history.n,
@@ -291,7 +294,7 @@ class Proposal:
         days = "unknown" if self.expected_duration_days is None else f"{self.expected_duration_days:.1f}"
         header = [
             f"# Draft declaration proposed by `experimenttracker propose` for {', '.join(req.variants)} vs {req.control}.",
-            f"# {self.samples_per_arm} matched pairs per arm detect {req.metric} {_plain(req.mde_bps)} with power "
+            f"# {self.samples_per_arm} matched pairs per arm detect a {req.metric} effect of {_plain(req.mde_bps)} with power "
             f"{req.power:g} at alpha {req.alpha:g} ({req.ci_method}); expected duration {days} days.",
             "# Review every field (and the assumptions in `proposal`) before dropping it into the experiments folder.",
         ]
@@ -373,6 +376,10 @@ def propose_design(req: DesignRequest, history: FillHistory, pairing: Sequence[P
                            f"traded over {history.span_days} day(s); each of its fills pairs with a control fill "
                            "in the caliper")
     duration = None if pairs_per_day is None else n / pairs_per_day
+    at_cap = None
+    if req.mode == "limited_live" and rate and rate > 0:
+        cap = rollout["max_population_share_bp"] / 10000
+        at_cap = n / (rate * min(cap / k, 1 - cap)) if 0 < cap < 1 else None
     if duration is not None:
         min_days = max(1, min(7, math.ceil(duration)))
         max_days = min(3650, max(min_days + 1, math.ceil(2 * duration)))
@@ -403,7 +410,7 @@ def propose_design(req: DesignRequest, history: FillHistory, pairing: Sequence[P
     }
     experiment_id = req.experiment_id or _default_id(req.variants, started_at)
     return Proposal(req, experiment_id, started_at, sd, source, history, list(pairing), alpha_k, n, min_samples,
-                    looks, pairs_per_day, duration, rollout, stop_rules, monitoring, assumptions)
+                    looks, pairs_per_day, duration, rollout, stop_rules, monitoring, assumptions, at_cap)
 
 
 def propose(store: Any, req: DesignRequest) -> Proposal:
