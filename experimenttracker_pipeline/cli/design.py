@@ -1,4 +1,4 @@
-"""Design subcommands of the `experimenttracker` command line: propose.
+"""Design subcommands of the `experimenttracker` command line: propose, allocate.
 
 ``register(subparsers)`` adds them to the main parser; ``dispatch(args, store)`` runs one and returns its exit
 code, or None when ``args.command`` is not one of them. Vague or impossible requests raise ``CliError`` (exit 2,
@@ -8,6 +8,7 @@ one line on stderr).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,10 +24,11 @@ from experimenttracker_pipeline.stages.design.proposer import (
     VagueRequest,
     propose,
 )
+from experimenttracker_pipeline.stages.design.allocation import DEFAULT_FLOOR
 from experimenttracker_pipeline.stages.design.history import HISTORY_METRICS
 from experimenttracker_pipeline.store import Store
 
-COMMANDS = frozenset({"propose"})
+COMMANDS = frozenset({"propose", "allocate"})
 
 
 def register(subparsers: Any) -> None:
@@ -57,6 +59,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--experiment-id", default=None)
     p.add_argument("--start", default=None, metavar="ISO", help="started_at (default: now, UTC)")
     p.add_argument("--out", type=Path, default=None, metavar="FILE.yaml", help="write the draft here (default stdout)")
+
+    a = subparsers.add_parser(
+        "allocate", help="recommend traffic shares for a limited-live experiment (Thompson sampling, floor, PoLB cap)",
+        description="Recommend the next traffic shares of EXPERIMENT_ID's arms from the posterior probability that "
+                    "each is best on the primary metric (its live fills since the start), with a floor per arm and "
+                    "the treatments' total capped at the PoLB max_population_share_bp. Only the router applies it; "
+                    "--emit writes an EXPERIMENT_ALLOCATION_RECOMMENDED OperationsReport (once per sample count).")
+    a.add_argument("experiment_id", metavar="EXPERIMENT_ID")
+    a.add_argument("--floor", type=float, default=DEFAULT_FLOOR, help="minimum share per arm (default 0.05)")
+    a.add_argument("--emit", action="store_true", help="write the recommendation to the report outbox")
+    a.add_argument("--json", action="store_true", help="print the report payload as JSON")
 
 
 def _start(text: str | None) -> datetime | None:
@@ -97,8 +110,33 @@ def _propose(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def _allocate(args: argparse.Namespace, store: Store) -> int:
+    from experimenttracker_pipeline.stages.design.recommendation import AllocationRefused, recommend_for_experiment
+
+    if not 0 <= args.floor < 0.5:
+        raise CliError(f"--floor must be in [0, 0.5), got {args.floor}")
+    try:
+        result = recommend_for_experiment(store, args.experiment_id, floor=args.floor, emit=args.emit)
+    except AllocationRefused as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(result.payload, indent=2, sort_keys=True))
+    else:
+        print(f"{'arm':<12} {'slug':<28} {'n':>8} {'mean':>10} {'P(best)':>8} {'declared bp':>11} {'recommended bp':>14}")
+        for arm, row in result.arms.items():
+            print(f"{arm:<12} {row['slug']:<28} {row['n']:>8} {row['mean']:>10.4f} "
+                  f"{result.recommendation.prob_best[arm]:>8.3f} {row['declared_share_bp']:>11} "
+                  f"{row['recommended_share_bp']:>14}")
+    if args.emit:
+        word = f"emitted {result.report['report_id']}" if result.report else "already emitted for this sample count"
+        print(f"EXPERIMENT_ALLOCATION_RECOMMENDED: {word}", file=sys.stderr)
+    return 0
+
+
 def dispatch(args: argparse.Namespace, store: Store | Callable[[], Store]) -> int | None:
     """Run a design command; None when ``args.command`` is not one of :data:`COMMANDS`."""
-    if getattr(args, "command", None) not in COMMANDS:
+    command = getattr(args, "command", None)
+    if command not in COMMANDS:
         return None
-    return _propose(args, store if isinstance(store, Store) else store())
+    run = _propose if command == "propose" else _allocate
+    return run(args, store if isinstance(store, Store) else store())

@@ -88,3 +88,23 @@ def pairing_history(store: Store, control_slug: str, metric: str = "edge_delta_b
                               .where(*where, e.experiment_id == experiment_id)).scalar_one()
             out.append(PairingHistory(experiment_id, exp_mode, int(n), float(mean), float(ss or 0.0)))
     return out
+
+
+def arm_outcomes(store: Store, slugs: Sequence[str], metric: str = "edge_delta_bps", *, since_ms: int,
+                 experiment_id: str | None = None, modes: Sequence[str] = ("live",)) -> dict[str, tuple[int, float, float]]:
+    """Per strategy slug: (n, mean, centred sum of squares) of ``metric`` over its fills of an experiment (recorded
+    at or after ``since_ms``, with no ``experiment_id`` or this one)."""
+    x = FILL_METRICS[metric]
+    where = [_r.strategy_slug.in_(list(slugs)), _r.mode.in_(list(modes)), x.is_not(None),
+             _r.recorded_at_ms >= since_ms]
+    if experiment_id is not None:
+        where.append(sa.or_(_r.experiment_id.is_(None), _r.experiment_id == experiment_id))
+    out: dict[str, tuple[int, float, float]] = {}
+    with store.begin() as conn:
+        firsts = conn.execute(sa.select(_r.strategy_slug, sa.func.count(), sa.func.avg(x)).where(*where)
+                              .group_by(_r.strategy_slug)).all()
+        for slug, n, mean in firsts:
+            dev = x - float(mean)
+            ss = conn.execute(sa.select(sa.func.sum(dev * dev)).where(*where, _r.strategy_slug == slug)).scalar_one()
+            out[slug] = (int(n), float(mean), float(ss or 0.0))
+    return out
