@@ -84,6 +84,9 @@ def test_proposal_on_known_history_reaches_the_requested_power(store, workdirs):
     assert abs(proposal.samples_per_arm - simulated) / simulated < 0.05, (proposal.samples_per_arm, simulated, table)
     assert proposal.pairs_per_day == pytest.approx(PER_DAY)
     assert proposal.expected_duration_days == pytest.approx(proposal.samples_per_arm / PER_DAY)
+    end = BASE_MS + FIRST_DAY_OFFSET + DAYS * DAY_MS
+    recent = propose(store, _request(history_days=7, now_ms=end))
+    assert recent.history.n == 7 * PER_DAY and recent.pairs_per_day == pytest.approx(PER_DAY)
 
 
 def _feed_pairs(store, workdirs, deltas, exp_id="exp_old"):

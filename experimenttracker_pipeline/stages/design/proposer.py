@@ -63,11 +63,12 @@ STALL_AFTER_SECONDS = 3600
 
 
 class VagueRequest(ValueError):
-    """A request that does not say who is evaluated, for whom, or on what (spec section 3)."""
+    """A request that does not say who is evaluated, for whom, or on what (spec section 3), or that asks for
+    something no design can give (a non-positive MDE, a cap that leaves a variant no traffic); names every problem."""
 
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
-        super().__init__("refusing a vague experiment request: " + "; ".join(self.problems))
+        super().__init__("refusing the experiment request: " + "; ".join(self.problems))
 
 
 class NoHistory(ValueError):
