@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from experimenttracker_pipeline.cli import design as cli_design
 from experimenttracker_pipeline.cli import governance as cli_governance
 from experimenttracker_pipeline.cli.errors import CliError
 from experimenttracker_pipeline.settings import Settings, SettingsError
@@ -371,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = sub.add_parser(name, help=text)
         command.add_argument("experiment_id")
     cli_governance.register(sub)
+    cli_design.register(sub)
     args = parser.parse_args(argv)
     from experimenttracker_pipeline.orchestration import stopping
 
@@ -384,6 +386,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         settings = _settings()
         if (code := cli_governance.dispatch(args, lambda: _store(settings))) is not None:
+            return code
+        if (code := cli_design.dispatch(args, lambda: _store(settings))) is not None:
             return code
         if args.command == "demo":
             from experimenttracker_pipeline.demo import write_demo

@@ -1,0 +1,1 @@
+"""Design stage: plans experiments before they start (the proposer) and while they run (adaptive allocation)."""
