@@ -10,7 +10,9 @@ from typing import Any
 from experimenttracker_pipeline.model.experiment import experiment_from_row
 from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
 from experimenttracker_pipeline.stages.promotion.gate import (
+    Violation,
     audit_promotions,
+    declaration_disagreements,
     promotion_decision,
 )
 from experimenttracker_pipeline.stages.verdict.assembly import EXPERIMENT_RESULT
@@ -22,11 +24,13 @@ from experimenttracker_pipeline.stages.promotion.queries import (
     promotions,
     signoffs,
 )
+from experimenttracker_pipeline.stages.samples.recording import verify_samples
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdict
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PROMOTED = "EXPERIMENT_PROMOTED"
+PROMOTION_CHECKS_FAILING = "PROMOTION_CHECKS_FAILING"
 
 class SignoffError(ValueError):
     """A sign-off that cannot be recorded (unknown experiment or report, report of another experiment)."""
@@ -56,6 +60,12 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
         missing = ", ".join(governance.get("missing_roles") or []) or "risk above the PoLB maximum"
         return PromotionResult(experiment_id, "blocked_by_governance", "EXPERIMENT_UNAPPROVED",
                                f"contract {governance.get('contract_digest')} lacks approvals: {missing}", False)
+    problems = declaration_problems(exp)
+    if problems:  # the declaration cannot be trusted: decided on before its flags are read
+        decision = promotion_decision(auto_promote_on_winning=False, require_human_signoff=True, traffic_split_pct=0,
+                                      verdict=report.get("verdict"), verdict_report_id=report_id,
+                                      declaration_problems=problems)
+        return PromotionResult(experiment_id, "declaration_tampered", decision.reason_code, decision.detail, False)
     experiment = experiment_from_row(exp)
     recorded_signoffs = signoffs(store, experiment_id)
     decision = promotion_decision(
@@ -67,6 +77,11 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
         return PromotionResult(experiment_id, state, decision.reason_code, decision.detail, False)
     if not apply:
         return PromotionResult(experiment_id, "promotable", decision.reason_code, decision.detail, False)
+    # Only when a promotion would be recorded (once per report): the full chain check is a scan of the samples.
+    failing = failing_checks(store, experiment_id)
+    if failing:
+        return PromotionResult(experiment_id, "blocked_by_checks", PROMOTION_CHECKS_FAILING,
+                               "the experiment's blocking checks fail: " + "; ".join(failing), False)
     signoff_id = next((s["id"] for s in recorded_signoffs if decision.signoff and s["report_id"] == report_id
                        and s["approver"] == decision.signoff.approver), None)
     with store.begin() as conn:
@@ -95,15 +110,51 @@ def record_signoff(store: Store, experiment_id: str, approver: str, report_id: s
         raise SignoffError(f"report {report_id} is not an EXPERIMENT_RESULT of {experiment_id}")
     if any(s["report_id"] == report_id and s["approver"] == approver.strip() for s in signoffs(store, experiment_id)):
         raise SignoffError(f"{approver} has already signed off report {report_id}")
+    failing = failing_checks(store, experiment_id)
+    if failing:
+        raise SignoffError(f"{experiment_id} cannot be signed off or promoted while its blocking checks fail: "
+                           + "; ".join(failing))
     return insert_signoff(store, experiment_id, report_id, report["verdict"], approver.strip(), note)
 
 
-def promotion_violations(store: Store) -> list[Any]:
-    """Promotions recorded without the sign-off their experiment requires (the blocking check's audit)."""
-    configs = {e["experiment_id"]: e for e in experiment_rows(store)}
-    promoted = [{**p, "promoted_at": str(p["promoted_at"]), "traffic_split_pct": configs.get(p["experiment_id"], {}).get("traffic_split_pct")}
-                for p in promotions(store)]
-    signed = [{**s, "signed_at": str(s["signed_at"])} for s in signoffs(store)]
-    return audit_promotions(promoted, signed, configs)
+def declaration_problems(exp: dict[str, Any]) -> list[str]:
+    """Where the stored experiments row disagrees with its stored declaration or that declaration's digest."""
+    try:
+        declared = experiment_from_row(exp).to_row()
+    except Exception:  # noqa: BLE001 - any unreadable declaration is reported, never raised
+        declared = None
+    return declaration_disagreements(exp, declared)
 
 
+def promotion_violations(store: Store, experiment_id: str | None = None) -> list[Any]:
+    """Promotions recorded without the sign-off their experiment requires, and experiments whose declaration
+    columns disagree with their stored declaration (the blocking sign-off check's audit). The audit reads each
+    experiment's flags from its stored declaration, never from the columns alone."""
+    rows = experiment_rows(store)
+    if experiment_id is not None:
+        rows = [e for e in rows if e["experiment_id"] == experiment_id]
+    configs: dict[str, Any] = {}
+    violations: list[Any] = []
+    for e in rows:
+        problems = declaration_problems(e)
+        if problems:
+            # No config: the audit then fails closed (sign-off required, no auto-promotion).
+            violations.append(Violation(e["experiment_id"], None, "declaration tampered: " + "; ".join(problems)))
+        else:
+            configs[e["experiment_id"]] = experiment_from_row(e).to_row()
+    promoted = [{**p, "promoted_at": str(p["promoted_at"]),
+                 "traffic_split_pct": (configs.get(p["experiment_id"]) or {}).get("traffic_split_pct")}
+                for p in promotions(store, experiment_id)]
+    signed = [{**s, "signed_at": str(s["signed_at"])} for s in signoffs(store, experiment_id)]
+    return violations + audit_promotions(promoted, signed, configs)
+
+
+def failing_checks(store: Store, experiment_id: str) -> list[str]:
+    """Why the experiment's blocking checks (samples_hash_chain_intact, promotions_have_signoff) fail now; empty
+    when both pass. Sign-off and promotion are refused while this is not empty."""
+    failing = []
+    _, broken = verify_samples(store, experiment_id)
+    if broken is not None:
+        failing.append(f"samples_hash_chain_intact: sample_n {broken.sample_n}: {broken.problem}")
+    failing += [f"promotions_have_signoff: {v.reason}" for v in promotion_violations(store, experiment_id)]
+    return failing
