@@ -364,6 +364,9 @@ signoffs = sa.Table(
     sa.Column("approver", sa.Text, nullable=False),
     sa.Column("note", sa.Text),
     _at("signed_at"),
+    # "<key id>:<HMAC>" over (experiment, report, verdict, approver, note) with the anchor key: a rewritten approver
+    # no longer verifies. NULL on sign-offs recorded before tamper evidence existed.
+    sa.Column("anchor_hmac", sa.Text),
     sa.CheckConstraint("length(approver) > 0", name="signoffs_approver_check"),
     sa.UniqueConstraint("experiment_id", "report_id", "approver"),
     **_SERIAL,

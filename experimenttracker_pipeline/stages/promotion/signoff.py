@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from experimenttracker_pipeline.model.experiment import experiment_from_row
-from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
+from experimenttracker_pipeline.settings import OPERATIONS_TOPIC, SettingsError, anchor_key
 from experimenttracker_pipeline.stages.promotion.gate import (
     Violation,
     audit_promotions,
@@ -24,6 +24,7 @@ from experimenttracker_pipeline.stages.promotion.queries import (
     promotions,
     signoffs,
 )
+from experimenttracker_pipeline.stages.samples.anchoring import signoff_hmac, signoff_problem
 from experimenttracker_pipeline.stages.samples.recording import verify_samples
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdict
 
@@ -114,7 +115,8 @@ def record_signoff(store: Store, experiment_id: str, approver: str, report_id: s
     if failing:
         raise SignoffError(f"{experiment_id} cannot be signed off or promoted while its blocking checks fail: "
                            + "; ".join(failing))
-    return insert_signoff(store, experiment_id, report_id, report["verdict"], approver.strip(), note)
+    certificate = signoff_hmac(anchor_key(), experiment_id, report_id, report["verdict"], approver.strip(), note)
+    return insert_signoff(store, experiment_id, report_id, report["verdict"], approver.strip(), note, certificate)
 
 
 def declaration_problems(exp: dict[str, Any]) -> list[str]:
@@ -145,8 +147,26 @@ def promotion_violations(store: Store, experiment_id: str | None = None) -> list
     promoted = [{**p, "promoted_at": str(p["promoted_at"]),
                  "traffic_split_pct": (configs.get(p["experiment_id"]) or {}).get("traffic_split_pct")}
                 for p in promotions(store, experiment_id)]
-    signed = [{**s, "signed_at": str(s["signed_at"])} for s in signoffs(store, experiment_id)]
+    recorded = signoffs(store, experiment_id)
+    violations += [Violation(s["experiment_id"], s["report_id"], problem, None)
+                   for s, problem in ((s, signoff_certificate_problem(store, s)) for s in recorded) if problem]
+    signed = [{**s, "signed_at": str(s["signed_at"])} for s in recorded]
     return violations + audit_promotions(promoted, signed, configs)
+
+
+def signoff_certificate_problem(store: Store, signoff: dict[str, Any]) -> str | None:
+    """Why a stored sign-off is not vouched for by its HMAC. A sign-off without one passes only when its report
+    has no anchored chain head (recorded before tamper evidence existed)."""
+    if signoff["anchor_hmac"] is None:
+        report = store.report(signoff["report_id"]) or {}
+        if report.get("chain_head") is None:
+            return None
+        return f"sign-off {signoff['id']} by {signoff['approver']!r} carries no HMAC (certificate removed)"
+    try:
+        key = anchor_key()
+    except SettingsError as exc:
+        return f"sign-off {signoff['id']} cannot be verified: {exc}"
+    return signoff_problem(key, signoff)
 
 
 def failing_checks(store: Store, experiment_id: str) -> list[str]:

@@ -76,3 +76,26 @@ def anchor_problem(key: AnchorKey, anchor: Mapping[str, Any], chain_hashes: Mapp
     if anchor["declaration_sha256"] != declaration_sha256:
         return f"the declaration digest changed since the anchor at sample_n {n} (declaration rewritten)"
     return None
+
+
+def signoff_hmac(key: AnchorKey, experiment_id: str, report_id: str, verdict: str, approver: str,
+                 note: str | None) -> str:
+    """``<key id>:<HMAC>`` binding a sign-off's approver and note to the report and verdict it approves."""
+    message = "\n".join([ANCHOR_VERSION, "signoff", experiment_id, report_id, verdict, approver, note or ""])
+    return f"{key_id(key)}:" + hmac.new(key.secret, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def signoff_problem(key: AnchorKey, signoff: Mapping[str, Any]) -> str | None:
+    """Why a stored sign-off's HMAC does not vouch for it, or None when it does (the caller decides what a
+    sign-off without one means)."""
+    stored = str(signoff["anchor_hmac"])
+    made_with = stored.split(":", 1)[0]
+    if made_with != key_id(key):
+        return (f"sign-off {signoff['id']} was certified with key {made_with}, this process holds key {key_id(key)}: "
+                "every process must use the same EXPERIMENTTRACKER_ANCHOR_KEY")
+    expected = signoff_hmac(key, signoff["experiment_id"], signoff["report_id"], signoff["verdict"],
+                            signoff["approver"], signoff["note"])
+    if not hmac.compare_digest(expected, stored):
+        return (f"sign-off {signoff['id']} by {signoff['approver']!r} does not match its HMAC "
+                "(approver, note, report or verdict rewritten)")
+    return None

@@ -2,6 +2,7 @@
 
 * ``sample_chain_anchors``: the chain head (sample_n, sample_hash) each evaluation used, with an HMAC over it
   whose key the store does not hold; append-only like the other audit tables.
+* ``signoffs.anchor_hmac``: the same key's HMAC over each new sign-off (NULL on older ones).
 * Every append-only table refuses UPDATE and DELETE (the baseline's triggers, created here for the anchors), and
   on PostgreSQL also TRUNCATE (the baseline guarded only some tables). On SQLite a REPLACE deletes the old row:
   the DELETE triggers refuse it because every connection of the pipeline enables ``recursive_triggers``
@@ -19,8 +20,9 @@ Revises: 0003_pairing_watermark
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.schema import CreateColumn
 
-from experimenttracker_pipeline.store.schema import APPEND_ONLY, DECLARATION_COLUMNS, sample_chain_anchors
+from experimenttracker_pipeline.store.schema import APPEND_ONLY, DECLARATION_COLUMNS, sample_chain_anchors, signoffs
 
 revision = "0005_tamper_evidence"
 down_revision = "0003_pairing_watermark"
@@ -104,6 +106,9 @@ def _sqlite_statements() -> list[str]:
 
 def upgrade() -> None:
     bind = op.get_bind()
+    if "anchor_hmac" not in {c["name"] for c in sa.inspect(bind).get_columns("signoffs")}:
+        column = CreateColumn(signoffs.c.anchor_hmac).compile(dialect=bind.dialect)
+        op.execute(f"ALTER TABLE signoffs ADD COLUMN {column}")
     sample_chain_anchors.create(bind, checkfirst=True)
     for index in sample_chain_anchors.indexes:
         index.create(bind, checkfirst=True)
