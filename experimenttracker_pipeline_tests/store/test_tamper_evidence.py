@@ -5,9 +5,6 @@ declaration flags, a rewritten approver)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -32,26 +29,9 @@ from experimenttracker_pipeline.stages.samples.recording import verify_samples
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.store.schema import APPEND_ONLY, metadata
 from experimenttracker_pipeline_tests.support.pipeline import evaluate_once, shadow_experiment
+from experimenttracker_pipeline_tests.support.tampering import superuser
 
 EXP = "exp_t"
-
-
-@contextmanager
-def superuser(store: Store) -> Iterator[sa.engine.Connection]:
-    """A transaction in which no trigger fires, as a database superuser can arrange: PostgreSQL's replica role
-    (which skips foreign keys too); on SQLite the triggers are dropped and recreated afterwards."""
-    with store.begin() as conn:
-        if store.dialect == "postgresql":
-            conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
-            yield conn
-            return
-        triggers = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
-        for name, _ in triggers:
-            conn.exec_driver_sql(f"DROP TRIGGER {name}")
-        conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
-        yield conn
-        for _, sql in triggers:
-            conn.exec_driver_sql(sql)
 
 
 def winning_experiment(store, workdirs, n: int = 300, **decl):
