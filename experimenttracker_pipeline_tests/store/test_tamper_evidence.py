@@ -25,7 +25,7 @@ from experimenttracker_pipeline.stages.promotion.gate import PROMOTION_DECLARATI
 from experimenttracker_pipeline.stages.samples.anchoring import anchor_problem, make_head
 from experimenttracker_pipeline.stages.samples.pairing import GENESIS_HASH, sample_hash, verify_chain
 from experimenttracker_pipeline.stages.samples.queries import chain_anchors, iter_samples, pairing_state
-from experimenttracker_pipeline.stages.samples.recording import verify_samples
+from experimenttracker_pipeline.stages.samples.recording import published_head_problem, verify_samples
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.store.schema import APPEND_ONLY, metadata
 from experimenttracker_pipeline_tests.support.pipeline import evaluate_once, shadow_experiment
@@ -85,6 +85,30 @@ def test_rewritten_and_rehashed_chain_fails_the_check(store, workdirs):
     assert anchor_problem(anchor_key(), forged.to_row(), {300: prev}, 300, anchor["declaration_sha256"]).startswith(
         "the anchor at sample_n 300 was made with key")
     assert failing_checks(store, EXP) and promotions(store) == []
+
+
+def test_rewrite_with_the_anchors_deleted_is_caught_by_the_published_head(store, workdirs):
+    """The limit of what the store can show by itself: a superuser who also deletes the anchor rows passes the
+    chain check. The head already published in EXPERIMENT_RESULT (outside the store) still exposes the rewrite."""
+    verdict, _ = winning_experiment(store, workdirs)
+    published = verdict.report["chain_head"]
+    assert published_head_problem(store, EXP, published) is None
+    rows = list(iter_samples(store, EXP))
+    prev = GENESIS_HASH
+    with superuser(store) as conn:
+        conn.execute(sa.text("DELETE FROM sample_chain_anchors"))
+        for row in rows:
+            row["edge_delta_bps"] = -row["edge_delta_bps"]
+            row["prev_hash"], row["sample_hash"] = prev, sample_hash(row, prev)
+            prev = row["sample_hash"]
+            conn.execute(sa.text("UPDATE experiment_samples SET edge_delta_bps = :d, prev_hash = :p, sample_hash = :h "
+                                 "WHERE experiment_id = :e AND sample_n = :n"),
+                         {"d": row["edge_delta_bps"], "p": row["prev_hash"], "h": row["sample_hash"], "e": EXP,
+                          "n": row["sample_n"]})
+    assert verify_samples(store, EXP) == (300, None)
+    assert "no longer has the anchored hash" in published_head_problem(store, EXP, published)
+    forged = {**published, "sample_hash": prev}  # a published head edited to match does not verify
+    assert "invalid HMAC" in published_head_problem(store, EXP, forged)
 
 
 # ---- 12: the last 50 samples deleted ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from experimenttracker_pipeline.model.experiment import experiment_from_row
-from experimenttracker_pipeline.settings import OPERATIONS_TOPIC, SettingsError, anchor_key
+from experimenttracker_pipeline.settings import OPERATIONS_TOPIC, AnchorKey, SettingsError, anchor_key
 from experimenttracker_pipeline.stages.promotion.gate import (
     Violation,
     audit_promotions,
@@ -132,9 +132,10 @@ def promotion_violations(store: Store, experiment_id: str | None = None) -> list
     """Promotions recorded without the sign-off their experiment requires, and experiments whose declaration
     columns disagree with their stored declaration (the blocking sign-off check's audit). The audit reads each
     experiment's flags from its stored declaration, never from the columns alone."""
-    rows = experiment_rows(store)
-    if experiment_id is not None:
-        rows = [e for e in rows if e["experiment_id"] == experiment_id]
+    if experiment_id is None:
+        rows = experiment_rows(store)
+    else:
+        rows = [e for e in [experiment_row(store, experiment_id)] if e is not None]
     configs: dict[str, Any] = {}
     violations: list[Any] = []
     for e in rows:
@@ -148,24 +149,31 @@ def promotion_violations(store: Store, experiment_id: str | None = None) -> list
                  "traffic_split_pct": (configs.get(p["experiment_id"]) or {}).get("traffic_split_pct")}
                 for p in promotions(store, experiment_id)]
     recorded = signoffs(store, experiment_id)
-    violations += [Violation(s["experiment_id"], s["report_id"], problem, None)
-                   for s, problem in ((s, signoff_certificate_problem(store, s)) for s in recorded) if problem]
+    keys: list[AnchorKey | SettingsError] = []  # read once, and only when a sign-off carries an HMAC
+    for s in recorded:
+        if s["anchor_hmac"] is not None and not keys:
+            try:
+                keys.append(anchor_key())
+            except SettingsError as exc:
+                keys.append(exc)
+        problem = signoff_certificate_problem(store, s, keys[0] if keys else None)
+        if problem:
+            violations.append(Violation(s["experiment_id"], s["report_id"], problem, None))
     signed = [{**s, "signed_at": str(s["signed_at"])} for s in recorded]
     return violations + audit_promotions(promoted, signed, configs)
 
 
-def signoff_certificate_problem(store: Store, signoff: dict[str, Any]) -> str | None:
-    """Why a stored sign-off is not vouched for by its HMAC. A sign-off without one passes only when its report
-    has no anchored chain head (recorded before tamper evidence existed)."""
+def signoff_certificate_problem(store: Store, signoff: dict[str, Any], key: AnchorKey | SettingsError | None) -> str | None:
+    """Why a stored sign-off is not vouched for by its HMAC (``key``: the anchor key, or why it cannot be read). A
+    sign-off without one passes only when its report has no anchored chain head (recorded before tamper evidence
+    existed)."""
     if signoff["anchor_hmac"] is None:
         report = store.report(signoff["report_id"]) or {}
         if report.get("chain_head") is None:
             return None
         return f"sign-off {signoff['id']} by {signoff['approver']!r} carries no HMAC (certificate removed)"
-    try:
-        key = anchor_key()
-    except SettingsError as exc:
-        return f"sign-off {signoff['id']} cannot be verified: {exc}"
+    if not isinstance(key, AnchorKey):
+        return f"sign-off {signoff['id']} cannot be verified: {key}"
     return signoff_problem(key, signoff)
 
 

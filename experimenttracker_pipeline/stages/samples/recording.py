@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from experimenttracker_pipeline.settings import DEVELOPER_TOPIC, AnchorKey, SettingsError, anchor_key
 from experimenttracker_pipeline.stages.samples.anchoring import ChainHead, anchor_problem, make_head
@@ -158,3 +158,28 @@ def anchor_head(store: Store, experiment_id: str, sample_n: int, declaration_sha
     head = make_head(key or anchor_key(), experiment_id, sample_n, sample_hash, declaration_sha256)
     insert_anchor(store, head.to_row())
     return head
+
+
+def published_head_problem(store: Store, experiment_id: str, chain_head: Mapping[str, Any],
+                           key: AnchorKey | None = None) -> str | None:
+    """Why the store no longer holds a chain head published outside it (the ``chain_head`` of an EXPERIMENT_RESULT
+    as the report bus delivered it), or None when it still does. Independent of the anchor rows the store holds:
+    what an auditor with the published reports runs after someone could have deleted those rows."""
+    n = int(chain_head["sample_n"])
+    hashes: dict[int, str] = {}
+    count = 0
+
+    def counted():
+        nonlocal count
+        for row in iter_samples(store, experiment_id):
+            count += 1
+            if row["sample_n"] == n:
+                hashes[n] = row["sample_hash"]
+            yield row
+
+    broken = verify_chain(counted())
+    if broken is not None and broken.sample_n <= n:
+        return f"the chain is broken at sample_n {broken.sample_n}: {broken.problem}"
+    exp = experiment_row(store, experiment_id)
+    return anchor_problem(key or anchor_key(), {**chain_head, "experiment_id": experiment_id}, hashes, count,
+                          exp["declaration_sha256"] if exp else "")
