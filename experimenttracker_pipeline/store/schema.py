@@ -460,7 +460,7 @@ sa.Index("experiment_stalls_open", experiment_stalls.c.experiment_id, unique=Tru
          postgresql_where=experiment_stalls.c.resolved_at_ms.is_(None),
          sqlite_where=experiment_stalls.c.resolved_at_ms.is_(None))
 
-# Tables whose rows the database itself refuses to change (UPDATE and DELETE, and TRUNCATE where noted): the
+# Tables whose rows the database itself refuses to change (UPDATE, DELETE, and TRUNCATE on PostgreSQL): the
 # triggers are dialect-specific, so the Alembic revisions create them from this list.
 APPEND_ONLY = ("experiment_samples", "experiment_evaluations", "experiment_verdicts", "signoffs", "promotions",
                "experiment_contracts", "approvals", "assignments", "sample_chain_anchors")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from experimenttracker_pipeline.settings import AnchorKey, anchor_key
+from experimenttracker_pipeline.settings import OPERATIONS_TOPIC, AnchorKey, anchor_key
+from experimenttracker_pipeline.stages.publishing.relay import publish_outbox
 from experimenttracker_pipeline.stages.governance.operations import assign_units, record_approval
 from experimenttracker_pipeline.stages.promotion.queries import promotions
 from experimenttracker_pipeline.stages.promotion.signoff import (
@@ -28,6 +29,7 @@ from experimenttracker_pipeline.stages.samples.queries import chain_anchors, ite
 from experimenttracker_pipeline.stages.samples.recording import published_head_problem, verify_samples
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.store.schema import APPEND_ONLY, metadata
+from experimenttracker_pipeline_tests.support.nats import read_subject
 from experimenttracker_pipeline_tests.support.pipeline import evaluate_once, shadow_experiment
 from experimenttracker_pipeline_tests.support.tampering import superuser
 
@@ -87,11 +89,15 @@ def test_rewritten_and_rehashed_chain_fails_the_check(store, workdirs):
     assert failing_checks(store, EXP) and promotions(store) == []
 
 
-def test_rewrite_with_the_anchors_deleted_is_caught_by_the_published_head(store, workdirs):
+def test_rewrite_with_the_anchors_deleted_is_caught_by_the_published_head(store, workdirs, nats_server, bus_config):
     """The limit of what the store can show by itself: a superuser who also deletes the anchor rows passes the
-    chain check. The head already published in EXPERIMENT_RESULT (outside the store) still exposes the rewrite."""
+    chain check. The head already published in EXPERIMENT_RESULT on the report bus still exposes the rewrite."""
     verdict, _ = winning_experiment(store, workdirs)
-    published = verdict.report["chain_head"]
+    publish_outbox(store, bus_config)
+    (message,) = [m for m in read_subject(nats_server.url, OPERATIONS_TOPIC)
+                  if m["payload"]["event_type"] == "EXPERIMENT_RESULT"]
+    published = message["payload"]["chain_head"]
+    assert published == verdict.report["chain_head"] and published["sample_n"] == 300
     assert published_head_problem(store, EXP, published) is None
     rows = list(iter_samples(store, EXP))
     prev = GENESIS_HASH
