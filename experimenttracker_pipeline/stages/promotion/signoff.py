@@ -34,7 +34,8 @@ EXPERIMENT_PROMOTED = "EXPERIMENT_PROMOTED"
 PROMOTION_CHECKS_FAILING = "PROMOTION_CHECKS_FAILING"
 
 class SignoffError(ValueError):
-    """A sign-off that cannot be recorded (unknown experiment or report, report of another experiment)."""
+    """A sign-off that cannot be recorded (unknown experiment or report, report of another experiment, failing
+    blocking checks)."""
 
 
 @dataclass
@@ -115,7 +116,11 @@ def record_signoff(store: Store, experiment_id: str, approver: str, report_id: s
     if failing:
         raise SignoffError(f"{experiment_id} cannot be signed off or promoted while its blocking checks fail: "
                            + "; ".join(failing))
-    certificate = signoff_hmac(anchor_key(), experiment_id, report_id, report["verdict"], approver.strip(), note)
+    try:
+        key = anchor_key()
+    except SettingsError as exc:
+        raise SignoffError(f"a sign-off is certified with the anchor key, which cannot be read: {exc}") from exc
+    certificate = signoff_hmac(key, experiment_id, report_id, report["verdict"], approver.strip(), note)
     return insert_signoff(store, experiment_id, report_id, report["verdict"], approver.strip(), note, certificate)
 
 

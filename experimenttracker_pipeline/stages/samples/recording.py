@@ -1,4 +1,5 @@
-"""Append matched-pair samples to an experiment's hash chain (never renumbering old ones) and verify the chain."""
+"""Append matched-pair samples to an experiment's hash chain (never renumbering old ones), anchor the head an evaluation
+used, and verify the chain against its anchors and the pairing count."""
 
 from __future__ import annotations
 
