@@ -94,8 +94,10 @@ def test_rewrite_with_the_anchors_deleted_is_caught_by_the_published_head(store,
     chain check. The head already published in EXPERIMENT_RESULT on the report bus still exposes the rewrite."""
     verdict, _ = winning_experiment(store, workdirs)
     publish_outbox(store, bus_config)
-    (message,) = [m for m in read_subject(nats_server.url, OPERATIONS_TOPIC)
+    # Every subject: the stream's message count then bounds the read (no fetch left waiting for more).
+    (message,) = [m for m in read_subject(nats_server.url, "polytraders.reports.>")
                   if m["payload"]["event_type"] == "EXPERIMENT_RESULT"]
+    assert message["subject"] == OPERATIONS_TOPIC
     published = message["payload"]["chain_head"]
     assert published == verdict.report["chain_head"] and published["sample_n"] == 300
     assert published_head_problem(store, EXP, published) is None
