@@ -26,7 +26,12 @@ from experimenttracker_pipeline.stages.promotion.gate import PROMOTION_DECLARATI
 from experimenttracker_pipeline.stages.samples.anchoring import anchor_problem, make_head
 from experimenttracker_pipeline.stages.samples.pairing import GENESIS_HASH, sample_hash, verify_chain
 from experimenttracker_pipeline.stages.samples.queries import chain_anchors, iter_samples, pairing_state
-from experimenttracker_pipeline.stages.samples.recording import published_head_problem, verify_samples
+from experimenttracker_pipeline.stages.intervals.evaluation import compute_intervals
+from experimenttracker_pipeline.stages.samples.recording import (
+    ImmutableSampleError,
+    published_head_problem,
+    verify_samples,
+)
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.store.schema import APPEND_ONLY, metadata
 from experimenttracker_pipeline_tests.support.nats import read_subject
@@ -87,6 +92,11 @@ def test_rewritten_and_rehashed_chain_fails_the_check(store, workdirs):
     assert anchor_problem(anchor_key(), forged.to_row(), {300: prev}, 300, anchor["declaration_sha256"]).startswith(
         "the anchor at sample_n 300 was made with key")
     assert failing_checks(store, EXP) and promotions(store) == []
+    # An evaluation reached by any path refuses the rewritten chain: no flipped verdict, no drift signal.
+    with pytest.raises(ImmutableSampleError, match="not evaluated"):
+        compute_intervals(store, EXP)
+    assert store.scalar("SELECT COUNT(*) FROM experiment_evaluations") == 1
+    assert store.scalar("SELECT COUNT(*) FROM strategy_registry_signals") == 0
 
 
 def test_rewrite_with_the_anchors_deleted_is_caught_by_the_published_head(store, workdirs, nats_server, bus_config):

@@ -173,3 +173,11 @@ def chain_anchors(store: Store, experiment_id: str) -> list[dict[str, Any]]:
     """Every anchored chain head of one experiment, oldest first."""
     a = sample_chain_anchors.c
     return store.rows(sa.select(sample_chain_anchors).where(a.experiment_id == experiment_id).order_by(a.id))
+
+
+def latest_anchor(store: Store, experiment_id: str, key_id: str, upto: int) -> dict[str, Any] | None:
+    """The anchor with the highest sample_n <= ``upto`` made with the key ``key_id``, or None."""
+    a = sample_chain_anchors.c
+    rows = store.rows(sa.select(sample_chain_anchors).where(a.experiment_id == experiment_id, a.key_id == key_id,
+                                                            a.sample_n <= upto).order_by(a.sample_n.desc()).limit(1))
+    return rows[0] if rows else None

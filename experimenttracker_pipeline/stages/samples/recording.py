@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from experimenttracker_pipeline.settings import DEVELOPER_TOPIC, AnchorKey, SettingsError, anchor_key
-from experimenttracker_pipeline.stages.samples.anchoring import ChainHead, anchor_problem, make_head
+from experimenttracker_pipeline.stages.samples.anchoring import ChainHead, anchor_problem, key_id, make_head
 from experimenttracker_pipeline.stages.samples.pairing import (
     ChainBreak,
     build_sample_rows,
@@ -26,6 +26,7 @@ from experimenttracker_pipeline.stages.samples.queries import (
     insert_anchor,
     iter_samples,
     last_sample_time,
+    latest_anchor,
     lock_experiment,
     newest_batch,
     pairing_state,
@@ -150,13 +151,22 @@ def verify_samples(store: Store, experiment_id: str, key: AnchorKey | None = Non
 def anchor_head(store: Store, experiment_id: str, sample_n: int, declaration_sha256: str,
                 key: AnchorKey | None = None) -> ChainHead | None:
     """Anchor the chain head an evaluation of the first ``sample_n`` samples used (None before the first sample).
-    The anchor is recorded in ``sample_chain_anchors`` and returned for the evaluation and its report."""
+    The anchor is recorded in ``sample_chain_anchors`` and returned for the evaluation and its report. Raises
+    ``ImmutableSampleError`` when the newest earlier anchor no longer matches the chain."""
     if sample_n <= 0:
         return None
     sample_hash = sample_hash_at(store, experiment_id, sample_n)
     if sample_hash is None:
         return None  # the chain has a gap: the blocking chain check names it
-    head = make_head(key or anchor_key(), experiment_id, sample_n, sample_hash, declaration_sha256)
+    key = key or anchor_key()
+    # Never anchor (nor evaluate) a chain rewritten since the last anchor: one lookup, whatever path led here.
+    previous = latest_anchor(store, experiment_id, key_id(key), sample_n)
+    if previous is not None:
+        n = int(previous["sample_n"])
+        problem = anchor_problem(key, previous, {n: sample_hash_at(store, experiment_id, n)}, sample_n, declaration_sha256)
+        if problem is not None:
+            raise ImmutableSampleError(f"{experiment_id}: {problem}; not evaluated")
+    head = make_head(key, experiment_id, sample_n, sample_hash, declaration_sha256)
     insert_anchor(store, head.to_row())
     return head
 
