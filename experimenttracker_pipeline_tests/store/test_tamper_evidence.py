@@ -5,6 +5,10 @@ declaration flags, a rewritten approver)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sqlite3
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -217,9 +221,6 @@ def test_consistently_rewritten_declaration_fails_on_the_anchor(store, workdirs)
     still name the old digest."""
     winning_experiment(store, workdirs, require_human_signoff=True)
     row = store.rows(sa.text(f"SELECT declaration_json FROM experiments WHERE experiment_id = '{EXP}'"))[0]
-    import hashlib
-    import json
-
     declared = json.loads(row["declaration_json"])
     declared.update(require_human_signoff=False, auto_promote_on_winning=True)
     text = json.dumps(declared, sort_keys=True)
@@ -261,6 +262,11 @@ def test_truncate_replace_and_upsert_are_refused(store, workdirs):
             refused(store, f"INSERT OR REPLACE INTO {table} SELECT * FROM {table} LIMIT 1", "append-only")
             refused(store, f"REPLACE INTO {table} SELECT * FROM {table} LIMIT 1", "append-only")
         refused(store, "INSERT OR REPLACE INTO experiments SELECT * FROM experiments LIMIT 1", "never deleted")
+        # The limit the README states: a connection without the pragma (an sqlite3 shell) is not refused.
+        raw = sqlite3.connect(sa.engine.make_url(store.url).database)
+        raw.execute("INSERT OR REPLACE INTO signoffs SELECT * FROM signoffs LIMIT 1")
+        raw.rollback()
+        raw.close()
     for table in APPEND_ONLY:
         assert store.scalar(f"SELECT COUNT(*) FROM {table}") > 0, table
         column = next(c.name for c in metadata.tables[table].columns if c.name not in _key(table))
