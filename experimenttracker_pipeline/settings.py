@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
@@ -222,3 +224,56 @@ class Settings:
         """The same settings reading another archive (backfills)."""
         return replace(self, landing_dir=landing_dir or self.landing_dir,
                        experiments_dir=experiments_dir or self.experiments_dir)
+
+
+# ---- the key of the chain anchors ------------------------------------------------------------------------------
+ANCHOR_KEY_FILE_NAME = "anchor.key"
+MIN_ANCHOR_KEY_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class AnchorKey:
+    """The secret of the chain-anchor HMACs and where it came from (never the database)."""
+
+    secret: bytes
+    source: str  # the variable, or the key file's path
+    generated: bool = False  # True: no key was configured and this process created the key file
+
+
+def anchor_key(environ: Mapping[str, str] | None = None) -> AnchorKey:
+    """The chain-anchor key: ``EXPERIMENTTRACKER_ANCHOR_KEY`` (the secret itself), else the file named by
+    ``EXPERIMENTTRACKER_ANCHOR_KEY_FILE``, else ``<data folder>/anchor.key``, created with 32 random bytes (mode
+    0600) the first time. Read at each use, so every process of a deployment must see the same key."""
+    env = _Env(os.environ if environ is None else environ)
+    secret = env.text("EXPERIMENTTRACKER_ANCHOR_KEY")
+    if secret is not None:
+        return AnchorKey(_key_bytes("EXPERIMENTTRACKER_ANCHOR_KEY", secret), "EXPERIMENTTRACKER_ANCHOR_KEY")
+    configured = env.file("EXPERIMENTTRACKER_ANCHOR_KEY_FILE")
+    if configured is not None:
+        text = configured.read_text(encoding="utf-8").strip()
+        return AnchorKey(_key_bytes(f"EXPERIMENTTRACKER_ANCHOR_KEY_FILE={configured}", text), str(configured))
+    path = Path(env.text("EXPERIMENTTRACKER_DATA_DIR") or "./data").resolve() / ANCHOR_KEY_FILE_NAME
+    generated = False
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: of two processes starting together one creates the key, the other reads it
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(secrets.token_hex(32) + "\n")
+            generated = True
+    text = ""
+    for _ in range(50):  # the creator may not have written the key yet
+        text = path.read_text(encoding="utf-8").strip()
+        if text:
+            break
+        time.sleep(0.02)
+    return AnchorKey(_key_bytes(str(path), text), str(path), generated)
+
+
+def _key_bytes(name: str, text: str) -> bytes:
+    if len(text) < MIN_ANCHOR_KEY_LENGTH:
+        raise SettingsError(f"{name}: the anchor key must be at least {MIN_ANCHOR_KEY_LENGTH} characters")
+    return text.encode("utf-8")

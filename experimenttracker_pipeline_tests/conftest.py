@@ -3,6 +3,7 @@ local server) and FAIL, never skip, when it is unreachable: CI must exercise the
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -18,6 +19,9 @@ from experimenttracker_pipeline_tests.support.postgres import PG_ADMIN_URL
 from experimenttracker_pipeline_tests.support.registry_server import RegistryServer
 
 TESTS_ROOT = Path(__file__).resolve().parent
+# The chain-anchor key of every test (and of the commands the e2e tests start, which inherit it): without it each
+# process would create ./data/anchor.key in the working folder.
+os.environ.setdefault("EXPERIMENTTRACKER_ANCHOR_KEY", "test-anchor-key-0123456789abcdef")
 LAYERS = ("unit", "store", "definitions", "e2e")  # one folder and one marker each: `pytest -m store`
 
 

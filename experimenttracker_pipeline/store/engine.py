@@ -142,6 +142,9 @@ def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA busy_timeout = 30000")
+    # A REPLACE (INSERT OR REPLACE, REPLACE INTO) deletes the conflicting row; SQLite fires DELETE triggers for
+    # that deletion only with recursive triggers on, so this is what lets the append-only triggers refuse it.
+    cursor.execute("PRAGMA recursive_triggers = ON")
     cursor.close()
 
 

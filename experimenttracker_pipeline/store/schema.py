@@ -225,6 +225,23 @@ sa.Index("experiment_samples_metrics", experiment_samples.c.experiment_id,
          postgresql_include=["edge_delta_bps", "slippage_delta_bps", "fill_quality_delta", "variant_fill_pusd",
                              "control_fill_pusd", "recorded_at_ms"]).ddl_if(dialect="postgresql")
 
+# The chain head each evaluation used, anchored by an HMAC whose key the store does not hold (append-only): a
+# rewritten or truncated chain no longer contains the anchored (sample_n, sample_hash).
+sample_chain_anchors = sa.Table(
+    "sample_chain_anchors", metadata,
+    _id(),
+    _experiment_fk(),
+    sa.Column("sample_n", sa.BigInteger, nullable=False),
+    sa.Column("sample_hash", sa.Text, nullable=False),
+    sa.Column("declaration_sha256", sa.Text, nullable=False),
+    sa.Column("key_id", sa.Text, nullable=False),
+    sa.Column("anchor_hmac", sa.Text, nullable=False),
+    _at("anchored_at"),
+    sa.CheckConstraint("sample_n >= 1", name="sample_chain_anchors_sample_n_check"),
+    sa.UniqueConstraint("experiment_id", "sample_n", "key_id"),
+    **_SERIAL,
+)
+
 operations_reports = sa.Table(
     "operations_reports", metadata,
     sa.Column("report_id", sa.Text, primary_key=True),
@@ -347,6 +364,9 @@ signoffs = sa.Table(
     sa.Column("approver", sa.Text, nullable=False),
     sa.Column("note", sa.Text),
     _at("signed_at"),
+    # "<key id>:<HMAC>" over (experiment, report, verdict, approver, note) with the anchor key: a rewritten approver
+    # no longer verifies. NULL on sign-offs recorded before tamper evidence existed.
+    sa.Column("anchor_hmac", sa.Text),
     sa.CheckConstraint("length(approver) > 0", name="signoffs_approver_check"),
     sa.UniqueConstraint("experiment_id", "report_id", "approver"),
     **_SERIAL,
@@ -440,8 +460,15 @@ sa.Index("experiment_stalls_open", experiment_stalls.c.experiment_id, unique=Tru
          postgresql_where=experiment_stalls.c.resolved_at_ms.is_(None),
          sqlite_where=experiment_stalls.c.resolved_at_ms.is_(None))
 
-# Tables whose rows the database itself refuses to change (UPDATE and DELETE, and TRUNCATE where noted): the
+# Tables whose rows the database itself refuses to change (UPDATE, DELETE, and TRUNCATE on PostgreSQL): the
 # triggers are dialect-specific, so the Alembic revisions create them from this list.
 APPEND_ONLY = ("experiment_samples", "experiment_evaluations", "experiment_verdicts", "signoffs", "promotions",
-               "experiment_contracts", "approvals", "assignments")
+               "experiment_contracts", "approvals", "assignments", "sample_chain_anchors")
+
+# The columns of `experiments` that record the declaration: the database refuses to change them (only `status`
+# changes), and the promotion gate compares them with the stored declaration and its digest.
+DECLARATION_COLUMNS = ("experiment_id", "principal", "subject", "variant_slug", "control_slug", "mode",
+                       "traffic_split_pct", "min_samples_for_decision", "auto_promote_on_winning",
+                       "require_human_signoff", "started_at_ms", "caliper_seconds", "declaration_sha256",
+                       "declaration_json", "source_file", "created_at", "registered_at_ms")
 

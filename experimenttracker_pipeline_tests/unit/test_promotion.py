@@ -205,3 +205,31 @@ def test_property_required_signoff_blocks_auto_promote(verdict, split, auto):
         signoffs=[Signoff("alice", T0, "r0", verdict)],  # a sign-off, but of another report
     )
     assert not d.promote
+
+
+def test_declaration_disagreements_name_each_changed_column_and_a_broken_digest():
+    import yaml
+
+    from experimenttracker_pipeline.model.experiment import parse_experiment
+    from experimenttracker_pipeline.stages.promotion.gate import (
+        PROMOTION_DECLARATION_TAMPERED,
+        declaration_disagreements,
+    )
+    from experimenttracker_pipeline_tests.builders import declaration
+
+    experiment = parse_experiment(yaml.safe_load(declaration("exp_d", require_human_signoff=True)), "exp_d.yaml")
+    row = experiment.to_row()
+    assert declaration_disagreements(row, experiment.to_row()) == []
+    changed = {**row, "require_human_signoff": False, "auto_promote_on_winning": True}
+    assert declaration_disagreements(changed, experiment.to_row()) == [
+        "auto_promote_on_winning is True but the stored declaration says False",
+        "require_human_signoff is False but the stored declaration says True"]
+    edited = {**row, "declaration_json": row["declaration_json"].replace('"desk:sports"', '"desk:other"')}
+    assert declaration_disagreements(edited, experiment.to_row()) == [
+        "the stored declaration does not match its declaration_sha256 digest"]
+    assert declaration_disagreements({**row, "declaration_json": "{"}, None) == [
+        "the stored declaration_json is not valid JSON"]
+    decision = promotion_decision(auto_promote_on_winning=True, require_human_signoff=False, traffic_split_pct=10,
+                                  verdict="variant_wins", verdict_report_id="r1",
+                                  declaration_problems=["require_human_signoff is False but ..."])
+    assert (decision.promote, decision.reason_code) == (False, PROMOTION_DECLARATION_TAMPERED)

@@ -29,6 +29,7 @@ from experimenttracker_pipeline.stages.intervals.queries import (
     winsorized_delta_stats,
 )
 from experimenttracker_pipeline.stages.samples.queries import pairing_state
+from experimenttracker_pipeline.stages.samples.recording import anchor_head
 
 log = logging.getLogger(__name__)
 
@@ -187,5 +188,8 @@ def compute_intervals(store: Store, experiment_id: str) -> IntervalsResult:
     evaluation["metrics"] = to_json(metrics)
     evaluation["samples_per_day"] = samples_per_day
     evaluation["last_sample_at_ms"] = last_ms
+    # The chain head this look used (its first edge.n samples), anchored with a key the store does not hold.
+    head = anchor_head(store, experiment_id, edge.n, exp["declaration_sha256"])
+    evaluation["chain_head"] = head.to_report() if head is not None else None
     evaluation_id = insert_evaluation(store, experiment_id, evaluation)
     return IntervalsResult(experiment_id, evaluation_id, evaluation)

@@ -13,15 +13,21 @@ Rules:
   decision and goes ahead. Without the requirement, ``auto_promote_on_winning`` decides
   (or a matching sign-off, which is an explicit human approval).
 
+* The declaration columns of the experiment must agree with its stored declaration and that declaration with
+  its stored digest (``declaration_disagreements``); otherwise nothing is promoted
+  (``PROMOTION_DECLARATION_TAMPERED``), whatever the columns say.
+
 ``audit_promotions`` re-checks recorded promotions against recorded sign-offs; the
 Dagster asset check on the promotion step fails when it returns any violation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = [
     "Signoff",
@@ -31,6 +37,8 @@ __all__ = [
     "matching_signoff",
     "promotion_decision",
     "audit_promotions",
+    "declaration_digest",
+    "declaration_disagreements",
     "LARGE_SPLIT_PCT",
 ]
 
@@ -42,6 +50,12 @@ PROMOTION_AWAITING_SIGNOFF = "PROMOTION_AWAITING_SIGNOFF"
 PROMOTION_APPROVED_BY_SIGNOFF = "PROMOTION_APPROVED_BY_SIGNOFF"
 PROMOTION_AUTO = "PROMOTION_AUTO"
 PROMOTION_AUTO_DISABLED = "PROMOTION_AUTO_DISABLED"
+PROMOTION_DECLARATION_TAMPERED = "PROMOTION_DECLARATION_TAMPERED"
+
+# The experiments columns that restate a declared value (compared with what the stored declaration says).
+DECLARED_COLUMNS = ("principal", "subject", "variant_slug", "control_slug", "mode", "traffic_split_pct",
+                    "min_samples_for_decision", "auto_promote_on_winning", "require_human_signoff", "started_at_ms",
+                    "caliper_seconds", "declaration_sha256")
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,31 @@ def _as_signoff(obj: Any) -> Signoff:
     )
 
 
+def declaration_digest(declaration_json: str) -> str:
+    """sha256 of the canonical form (sorted keys, no spaces) of a stored declaration, as registered."""
+    canonical = json.dumps(json.loads(declaration_json), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def declaration_disagreements(stored: Mapping[str, Any], declared: Mapping[str, Any] | None) -> list[str]:
+    """Where a stored ``experiments`` row disagrees with its own declaration: the declaration JSON against the
+    stored digest, and each declaration column against the value the declaration gives (``declared``: the row
+    the stored declaration parses to, None when it cannot be parsed). Empty when they agree."""
+    try:
+        digest = declaration_digest(stored["declaration_json"])
+    except (TypeError, ValueError):
+        return ["the stored declaration_json is not valid JSON"]
+    problems = []
+    if digest != stored["declaration_sha256"]:
+        problems.append("the stored declaration does not match its declaration_sha256 digest")
+    if declared is None:
+        return problems + ["the stored declaration is not a valid declaration"]
+    for column in DECLARED_COLUMNS:
+        if stored[column] != declared[column]:
+            problems.append(f"{column} is {stored[column]!r} but the stored declaration says {declared[column]!r}")
+    return problems
+
+
 def signoff_required(require_human_signoff: bool, traffic_split_pct: float) -> bool:
     """True when a human must sign off before promotion (config flag or split > 50%)."""
     return bool(require_human_signoff) or float(traffic_split_pct) > LARGE_SPLIT_PCT
@@ -126,9 +165,15 @@ def promotion_decision(
     verdict_report_id: str | None,
     signoffs: Iterable[Any] = (),
     experiment_id: str | None = None,
+    declaration_problems: Sequence[str] = (),
 ) -> PromotionDecision:
-    """Whether the verdict report ``verdict_report_id`` may promote the variant now."""
+    """Whether the verdict report ``verdict_report_id`` may promote the variant now. ``declaration_problems``
+    (from ``declaration_disagreements``) refuse it before anything else: the flags cannot be trusted."""
     required = signoff_required(require_human_signoff, traffic_split_pct)
+    if declaration_problems:
+        return PromotionDecision(False, PROMOTION_DECLARATION_TAMPERED,
+                                 "the experiment's declaration columns disagree with its stored declaration digest: "
+                                 + "; ".join(declaration_problems), True)
     if verdict != VARIANT_WINS:
         detail = f"verdict is {verdict!r}; only variant_wins can be promoted"
         return PromotionDecision(False, PROMOTION_NOT_WINNING, detail, required)

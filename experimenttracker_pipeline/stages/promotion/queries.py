@@ -17,12 +17,14 @@ def _of(table: sa.Table, experiment_id: str | None) -> sa.Select:
     return query if experiment_id is None else query.where(table.c.experiment_id == experiment_id)
 
 
-def insert_signoff(store: Store, experiment_id: str, report_id: str, verdict: str, approver: str, note: str | None) -> dict[str, Any]:
+def insert_signoff(store: Store, experiment_id: str, report_id: str, verdict: str, approver: str, note: str | None,
+                   anchor_hmac: str | None = None) -> dict[str, Any]:
     """Append one sign-off; returns the stored row."""
     t = signoffs_table
     with store.begin() as conn:
         new_id = conn.execute(t.insert().values(experiment_id=experiment_id, report_id=report_id, verdict=verdict,
-                                                approver=approver, note=note).returning(t.c.id)).scalar_one()
+                                                approver=approver, note=note, anchor_hmac=anchor_hmac)
+                              .returning(t.c.id)).scalar_one()
     return store.rows(sa.select(t).where(t.c.id == new_id))[0]
 
 

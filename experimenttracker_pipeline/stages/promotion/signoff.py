@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from experimenttracker_pipeline.model.experiment import experiment_from_row
-from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
+from experimenttracker_pipeline.settings import OPERATIONS_TOPIC, AnchorKey, SettingsError, anchor_key
 from experimenttracker_pipeline.stages.promotion.gate import (
+    Violation,
     audit_promotions,
+    declaration_disagreements,
     promotion_decision,
 )
 from experimenttracker_pipeline.stages.verdict.assembly import EXPERIMENT_RESULT
@@ -22,14 +24,18 @@ from experimenttracker_pipeline.stages.promotion.queries import (
     promotions,
     signoffs,
 )
+from experimenttracker_pipeline.stages.samples.anchoring import signoff_hmac, signoff_problem
+from experimenttracker_pipeline.stages.samples.recording import verify_samples
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdict
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PROMOTED = "EXPERIMENT_PROMOTED"
+PROMOTION_CHECKS_FAILING = "PROMOTION_CHECKS_FAILING"
 
 class SignoffError(ValueError):
-    """A sign-off that cannot be recorded (unknown experiment or report, report of another experiment)."""
+    """A sign-off that cannot be recorded (unknown experiment or report, report of another experiment, failing
+    blocking checks)."""
 
 
 @dataclass
@@ -56,6 +62,12 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
         missing = ", ".join(governance.get("missing_roles") or []) or "risk above the PoLB maximum"
         return PromotionResult(experiment_id, "blocked_by_governance", "EXPERIMENT_UNAPPROVED",
                                f"contract {governance.get('contract_digest')} lacks approvals: {missing}", False)
+    problems = declaration_problems(exp)
+    if problems:  # the declaration cannot be trusted: decided on before its flags are read
+        decision = promotion_decision(auto_promote_on_winning=False, require_human_signoff=True, traffic_split_pct=0,
+                                      verdict=report.get("verdict"), verdict_report_id=report_id,
+                                      declaration_problems=problems)
+        return PromotionResult(experiment_id, "declaration_tampered", decision.reason_code, decision.detail, False)
     experiment = experiment_from_row(exp)
     recorded_signoffs = signoffs(store, experiment_id)
     decision = promotion_decision(
@@ -67,6 +79,11 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
         return PromotionResult(experiment_id, state, decision.reason_code, decision.detail, False)
     if not apply:
         return PromotionResult(experiment_id, "promotable", decision.reason_code, decision.detail, False)
+    # Only when a promotion would be recorded (once per report): the full chain check is a scan of the samples.
+    failing = failing_checks(store, experiment_id)
+    if failing:
+        return PromotionResult(experiment_id, "blocked_by_checks", PROMOTION_CHECKS_FAILING,
+                               "the experiment's blocking checks fail: " + "; ".join(failing), False)
     signoff_id = next((s["id"] for s in recorded_signoffs if decision.signoff and s["report_id"] == report_id
                        and s["approver"] == decision.signoff.approver), None)
     with store.begin() as conn:
@@ -95,15 +112,82 @@ def record_signoff(store: Store, experiment_id: str, approver: str, report_id: s
         raise SignoffError(f"report {report_id} is not an EXPERIMENT_RESULT of {experiment_id}")
     if any(s["report_id"] == report_id and s["approver"] == approver.strip() for s in signoffs(store, experiment_id)):
         raise SignoffError(f"{approver} has already signed off report {report_id}")
-    return insert_signoff(store, experiment_id, report_id, report["verdict"], approver.strip(), note)
+    failing = failing_checks(store, experiment_id)
+    if failing:
+        raise SignoffError(f"{experiment_id} cannot be signed off or promoted while its blocking checks fail: "
+                           + "; ".join(failing))
+    try:
+        key = anchor_key()
+    except SettingsError as exc:
+        raise SignoffError(f"a sign-off is certified with the anchor key, which cannot be read: {exc}") from exc
+    certificate = signoff_hmac(key, experiment_id, report_id, report["verdict"], approver.strip(), note)
+    return insert_signoff(store, experiment_id, report_id, report["verdict"], approver.strip(), note, certificate)
 
 
-def promotion_violations(store: Store) -> list[Any]:
-    """Promotions recorded without the sign-off their experiment requires (the blocking check's audit)."""
-    configs = {e["experiment_id"]: e for e in experiment_rows(store)}
-    promoted = [{**p, "promoted_at": str(p["promoted_at"]), "traffic_split_pct": configs.get(p["experiment_id"], {}).get("traffic_split_pct")}
-                for p in promotions(store)]
-    signed = [{**s, "signed_at": str(s["signed_at"])} for s in signoffs(store)]
-    return audit_promotions(promoted, signed, configs)
+def declaration_problems(exp: dict[str, Any]) -> list[str]:
+    """Where the stored experiments row disagrees with its stored declaration or that declaration's digest."""
+    try:
+        declared = experiment_from_row(exp).to_row()
+    except Exception:  # noqa: BLE001 - any unreadable declaration is reported, never raised
+        declared = None
+    return declaration_disagreements(exp, declared)
 
 
+def promotion_violations(store: Store, experiment_id: str | None = None) -> list[Any]:
+    """Promotions recorded without the sign-off their experiment requires, and experiments whose declaration
+    columns disagree with their stored declaration (the blocking sign-off check's audit). The audit reads each
+    experiment's flags from its stored declaration, never from the columns alone."""
+    if experiment_id is None:
+        rows = experiment_rows(store)
+    else:
+        rows = [e for e in [experiment_row(store, experiment_id)] if e is not None]
+    configs: dict[str, Any] = {}
+    violations: list[Any] = []
+    for e in rows:
+        problems = declaration_problems(e)
+        if problems:
+            # No config: the audit then fails closed (sign-off required, no auto-promotion).
+            violations.append(Violation(e["experiment_id"], None, "declaration tampered: " + "; ".join(problems)))
+        else:
+            configs[e["experiment_id"]] = experiment_from_row(e).to_row()
+    promoted = [{**p, "promoted_at": str(p["promoted_at"]),
+                 "traffic_split_pct": (configs.get(p["experiment_id"]) or {}).get("traffic_split_pct")}
+                for p in promotions(store, experiment_id)]
+    recorded = signoffs(store, experiment_id)
+    keys: list[AnchorKey | SettingsError] = []  # read once, and only when a sign-off carries an HMAC
+    for s in recorded:
+        if s["anchor_hmac"] is not None and not keys:
+            try:
+                keys.append(anchor_key())
+            except SettingsError as exc:
+                keys.append(exc)
+        problem = signoff_certificate_problem(store, s, keys[0] if keys else None)
+        if problem:
+            violations.append(Violation(s["experiment_id"], s["report_id"], problem, None))
+    signed = [{**s, "signed_at": str(s["signed_at"])} for s in recorded]
+    return violations + audit_promotions(promoted, signed, configs)
+
+
+def signoff_certificate_problem(store: Store, signoff: dict[str, Any], key: AnchorKey | SettingsError | None) -> str | None:
+    """Why a stored sign-off is not vouched for by its HMAC (``key``: the anchor key, or why it cannot be read). A
+    sign-off without one passes only when its report has no anchored chain head (recorded before tamper evidence
+    existed)."""
+    if signoff["anchor_hmac"] is None:
+        report = store.report(signoff["report_id"]) or {}
+        if report.get("chain_head") is None:
+            return None
+        return f"sign-off {signoff['id']} by {signoff['approver']!r} carries no HMAC (certificate removed)"
+    if not isinstance(key, AnchorKey):
+        return f"sign-off {signoff['id']} cannot be verified: {key}"
+    return signoff_problem(key, signoff)
+
+
+def failing_checks(store: Store, experiment_id: str) -> list[str]:
+    """Why the experiment's blocking checks (samples_hash_chain_intact, promotions_have_signoff) fail now; empty
+    when both pass. Sign-off and promotion are refused while this is not empty."""
+    failing = []
+    _, broken = verify_samples(store, experiment_id)
+    if broken is not None:
+        failing.append(f"samples_hash_chain_intact: sample_n {broken.sample_n}: {broken.problem}")
+    failing += [f"promotions_have_signoff: {v.reason}" for v in promotion_violations(store, experiment_id)]
+    return failing

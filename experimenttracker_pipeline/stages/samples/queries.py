@@ -23,6 +23,7 @@ from experimenttracker_pipeline.store.schema import (
     experiments,
     ingestion_batches,
     raw_reports,
+    sample_chain_anchors,
 )
 
 SAMPLE_COLUMNS = SAMPLE_HASH_FIELDS + ("prev_hash", "sample_hash")
@@ -152,4 +153,31 @@ def sample_head(store: Store, experiment_id: str) -> dict[str, Any] | None:
     """The last sample of an experiment's hash chain (sample_n, sample_hash, recorded_at_ms), or None."""
     rows = store.rows(sa.select(_samples.sample_n, _samples.sample_hash, _samples.recorded_at_ms)
                       .where(_samples.experiment_id == experiment_id).order_by(_samples.sample_n.desc()).limit(1))
+    return rows[0] if rows else None
+
+
+def sample_hash_at(store: Store, experiment_id: str, sample_n: int) -> str | None:
+    """The stored hash of sample ``sample_n``, or None when there is no such sample."""
+    return store.scalar(sa.select(_samples.sample_hash).where(_samples.experiment_id == experiment_id,
+                                                              _samples.sample_n == sample_n))
+
+
+def insert_anchor(store: Store, row: Mapping[str, Any]) -> None:
+    """Record an anchored chain head once (the same head anchored again with the same key is a no-op)."""
+    with store.begin() as conn:
+        conn.execute(upsert(conn, sample_chain_anchors).values(dict(row)).on_conflict_do_nothing(
+            index_elements=["experiment_id", "sample_n", "key_id"]))
+
+
+def chain_anchors(store: Store, experiment_id: str) -> list[dict[str, Any]]:
+    """Every anchored chain head of one experiment, oldest first."""
+    a = sample_chain_anchors.c
+    return store.rows(sa.select(sample_chain_anchors).where(a.experiment_id == experiment_id).order_by(a.id))
+
+
+def latest_anchor(store: Store, experiment_id: str, key_id: str, upto: int) -> dict[str, Any] | None:
+    """The anchor with the highest sample_n <= ``upto`` made with the key ``key_id``, or None."""
+    a = sample_chain_anchors.c
+    rows = store.rows(sa.select(sample_chain_anchors).where(a.experiment_id == experiment_id, a.key_id == key_id,
+                                                            a.sample_n <= upto).order_by(a.sample_n.desc()).limit(1))
     return rows[0] if rows else None

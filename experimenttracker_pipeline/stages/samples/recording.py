@@ -1,12 +1,14 @@
-"""Append matched-pair samples to an experiment's hash chain (never renumbering old ones) and verify the chain."""
+"""Append matched-pair samples to an experiment's hash chain (never renumbering old ones), anchor the head an evaluation
+used, and verify the chain against its anchors and the pairing count."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-from experimenttracker_pipeline.settings import DEVELOPER_TOPIC
+from experimenttracker_pipeline.settings import DEVELOPER_TOPIC, AnchorKey, SettingsError, anchor_key
+from experimenttracker_pipeline.stages.samples.anchoring import ChainHead, anchor_problem, key_id, make_head
 from experimenttracker_pipeline.stages.samples.pairing import (
     ChainBreak,
     build_sample_rows,
@@ -19,11 +21,16 @@ from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.stages.declarations.queries import experiment_row
 from experimenttracker_pipeline.stages.samples.queries import (
     append_samples,
+    chain_anchors,
     get_sample,
+    insert_anchor,
     iter_samples,
     last_sample_time,
+    latest_anchor,
     lock_experiment,
     newest_batch,
+    pairing_state,
+    sample_hash_at,
     sample_tail,
     save_pairing_state,
     unpaired_candidates,
@@ -99,17 +106,91 @@ def _check_tail(store: Store, conn: Any, experiment_id: str, tail_n: int, tail_h
         raise ImmutableSampleError(f"{experiment_id}: sample {tail_n} no longer matches its hash; refusing to append")
 
 
-def verify_samples(store: Store, experiment_id: str) -> tuple[int, ChainBreak | None]:
-    """Recompute the whole hash chain of one experiment; returns (rows checked, first break or None)."""
+def verify_samples(store: Store, experiment_id: str, key: AnchorKey | None = None) -> tuple[int, ChainBreak | None]:
+    """Recompute the whole hash chain of one experiment and compare it with what vouches for it beyond its own
+    rows: the pairing state's sample count (the chain must hold at least that many) and every anchored head (its
+    HMAC must verify with the anchor key, and its hash must still be the chain's hash at its sample_n). Returns
+    (rows checked, first problem or None)."""
+    # Read before the samples: both are written with (or after) the samples they describe, so a pairing that
+    # appends while this runs cannot make an intact chain look short.
+    state = pairing_state(store, experiment_id)
+    anchors = chain_anchors(store, experiment_id)
+    anchored_n = {int(a["sample_n"]) for a in anchors}
+    hashes: dict[int, str] = {}
     count = 0
 
     def counted():
         nonlocal count
         for row in iter_samples(store, experiment_id):
             count += 1
+            if row["sample_n"] in anchored_n:
+                hashes[int(row["sample_n"])] = row["sample_hash"]
             yield row
 
     broken = verify_chain(counted())
-    return count, broken
+    if broken is not None:
+        return count, broken
+    recorded = int(state["samples"]) if state else 0
+    if recorded > count:
+        return count, ChainBreak(count + 1, f"the pairing state recorded {recorded} samples but the chain has {count} "
+                                            "(samples removed)")
+    if anchors:
+        try:
+            key = key or anchor_key()
+        except SettingsError as exc:
+            return count, ChainBreak(min(anchored_n), f"the anchors cannot be verified: {exc}")
+        exp = experiment_row(store, experiment_id)
+        digest = exp["declaration_sha256"] if exp else ""
+        for anchor in anchors:
+            problem = anchor_problem(key, anchor, hashes, count, digest)
+            if problem is not None:
+                return count, ChainBreak(min(int(anchor["sample_n"]), count + 1), problem)
+    return count, None
 
 
+def anchor_head(store: Store, experiment_id: str, sample_n: int, declaration_sha256: str,
+                key: AnchorKey | None = None) -> ChainHead | None:
+    """Anchor the chain head an evaluation of the first ``sample_n`` samples used (None before the first sample).
+    The anchor is recorded in ``sample_chain_anchors`` and returned for the evaluation and its report. Raises
+    ``ImmutableSampleError`` when the newest earlier anchor no longer matches the chain."""
+    if sample_n <= 0:
+        return None
+    sample_hash = sample_hash_at(store, experiment_id, sample_n)
+    if sample_hash is None:
+        return None  # the chain has a gap: the blocking chain check names it
+    key = key or anchor_key()
+    # Never anchor (nor evaluate) a chain rewritten since the last anchor: one lookup, whatever path led here.
+    previous = latest_anchor(store, experiment_id, key_id(key), sample_n)
+    if previous is not None:
+        n = int(previous["sample_n"])
+        problem = anchor_problem(key, previous, {n: sample_hash_at(store, experiment_id, n)}, sample_n, declaration_sha256)
+        if problem is not None:
+            raise ImmutableSampleError(f"{experiment_id}: {problem}; not evaluated")
+    head = make_head(key, experiment_id, sample_n, sample_hash, declaration_sha256)
+    insert_anchor(store, head.to_row())
+    return head
+
+
+def published_head_problem(store: Store, experiment_id: str, chain_head: Mapping[str, Any],
+                           key: AnchorKey | None = None) -> str | None:
+    """Why the store no longer holds a chain head published outside it (the ``chain_head`` of an EXPERIMENT_RESULT
+    as the report bus delivered it), or None when it still does. Independent of the anchor rows the store holds:
+    what an auditor with the published reports runs after someone could have deleted those rows."""
+    n = int(chain_head["sample_n"])
+    hashes: dict[int, str] = {}
+    count = 0
+
+    def counted():
+        nonlocal count
+        for row in iter_samples(store, experiment_id):
+            count += 1
+            if row["sample_n"] == n:
+                hashes[n] = row["sample_hash"]
+            yield row
+
+    broken = verify_chain(counted())
+    if broken is not None and broken.sample_n <= n:
+        return f"the chain is broken at sample_n {broken.sample_n}: {broken.problem}"
+    exp = experiment_row(store, experiment_id)
+    return anchor_problem(key or anchor_key(), {**chain_head, "experiment_id": experiment_id}, hashes, count,
+                          exp["declaration_sha256"] if exp else "")

@@ -89,7 +89,8 @@ def combine_verdict(experiment: Experiment, evaluation: Mapping[str, Any], causa
         "verdict", "event_type", "ci_method", "ci_95_low", "ci_95_high", "fixed_ci_95_low", "fixed_ci_95_high",
         "edge_delta_bps", "samples", "p_value", "fixed_p_value", "power", "drift_signalled", "drift_z", "drift_bound",
         "drift_rule", "futile", "srm", "information_fraction", "gs_boundary", "plain_english", "look_samples",
-        "next_look_samples", "skewness", "skew_min_samples", "non_inferiority", "bayesian", "regression_adjustment")}
+        "next_look_samples", "skewness", "skew_min_samples", "non_inferiority", "bayesian", "regression_adjustment",
+        "chain_head")}
     final["multiple_testing"] = evaluation.get("multiple_testing") or {"correction": "none", "family_size": 1}
     final["reason_codes"] = list(evaluation.get("reason_codes") or [])
     final["basis"] = evaluation.get("ci_method")
@@ -239,5 +240,7 @@ def result_payload(experiment: Experiment, final: Mapping[str, Any], evaluation_
         "non_inferiority": final.get("non_inferiority"),
         "non_inferiority_margins": final.get("non_inferiority_margins"),
         "look_samples": final.get("look_samples"),
+        # The anchored chain head the verdict rests on: once published, a copy outside the store.
+        "chain_head": final.get("chain_head"),
     }
     return to_json(payload)
