@@ -73,6 +73,7 @@ from experimenttracker_pipeline.defs import sensors
 from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource,
     PipelineSettingsResource,
+    ReportBusResource,
     forget_stores,
 )
 from experimenttracker_pipeline.settings import normalise_db_url
@@ -227,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
         instance.add_dynamic_partitions("experiments", ids)
         resources = {"store": ExperimentStoreResource(db_url=db_url),
                      "settings": PipelineSettingsResource(landing_dir=str(landing), experiments_dir=str(declarations),
-                                                          stall_window_seconds=STALL_WINDOW_S)}
+                                                          stall_window_seconds=STALL_WINDOW_S),
+                     "report_bus": ReportBusResource()}  # no bus: the landing folder is the report source
         tickers = {name: Ticker(name, sensor, instance, resources) for name, sensor in SENSORS}
         print(f"{len(ids):,} active experiments, {sample_total:,} samples, {len(files)} landing files, "
               f"{len(instance.get_dynamic_partitions('experiments')):,} dynamic partitions, "
