@@ -39,7 +39,7 @@ def folder_stats(folder: Path, suffixes: tuple[str, ...], *, recursive: bool = F
     paths = folder.rglob("*") if recursive else folder.glob("*")
     out = {}
     for p in paths:
-        if p.suffix in suffixes and p.is_file():
+        if p.suffix in suffixes and not p.is_symlink() and p.is_file():  # links are never read: never due
             stat = p.stat()
             out[str(p.resolve())] = (stat.st_size, stat.st_mtime_ns // 1_000_000)
     return out
