@@ -185,6 +185,11 @@ def test_the_bus_path_quarantines_poison_with_the_same_codes():
     for seq, (name, text) in enumerate(_poison_lines().items(), start=1):
         row = classify(seq, text.encode())
         assert isinstance(row, QuarantineRow) and row.reason_code == EXPECTED_CODES[name], (name, row)
+    # A repeated key that would decide whether the message is a fill at all: quarantined, not ignored.
+    two_kinds = json.dumps(fill("k2", "v-slug", "shadow", "k")).replace('"event_type": "FILL"',
+                                                                      '"event_type": "FILL", "event_type": "ORDER"')
+    assert classify(99, two_kinds.encode()).reason_code == "REPORT_DUPLICATE_KEY"
+    assert classify(100, b"\xef\xbb\xbf" + json.dumps(fill("bom", "v-slug", "shadow", "k")).encode()).report_id == "bom"
 
 
 # ---- 9. links out of the landing folder ---------------------------------------------------------------------

@@ -128,10 +128,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# One decoder for every line: json.loads with options would build a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+
+
 def parse_report_json(text: str) -> Any:
     """The JSON value of one report line: NaN/Infinity and repeated keys raise ``_Invalid``, other syntax errors
     ``ValueError`` (or ``RecursionError`` for absurd nesting)."""
-    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    return _DECODER.decode(text)
 
 
 def _text(obj: dict, key: str, *, required: bool = True, max_len: int = MAX_ID_LENGTH, may_have_control: bool = True) -> str | None:
