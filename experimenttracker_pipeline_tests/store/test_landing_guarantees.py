@@ -91,6 +91,46 @@ def test_writer_appending_random_pieces_during_repeated_runs_loses_nothing(store
     assert _totals(store) == (1500, 0)
 
 
+def test_concurrent_runs_during_writes_and_a_rotation_count_every_line_once(store, workdirs):
+    folder = workdirs["landing"]
+    path = folder / "bus.jsonl"
+    payload = [("\n".join(_lines(f"c{batch}-", 40)) + "\n").encode() for batch in range(12)]
+    done = threading.Event()
+    totals: list[IngestionResult] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        for batch, data in enumerate(payload):
+            with path.open("ab", buffering=0) as handle:
+                half = len(data) // 2 + 7  # a line split across two writes
+                handle.write(data[:half])
+                handle.write(data[half:])
+            if batch == 5:
+                os.rename(path, folder / "bus.jsonl.1")
+        done.set()
+
+    def reader() -> None:
+        try:
+            while True:
+                finished = done.is_set()
+                totals.append(_ingest(store, folder, chunk_lines=13))
+                if finished:
+                    return
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    path.touch()
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader), threading.Thread(target=reader)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sum(r.lines_read for r in totals) == sum(r.accepted for r in totals) == 12 * 40
+    assert sum(r.quarantined + r.duplicates for r in totals) == 0
+    assert _totals(store) == (480, 0)
+
+
 # ---- 2. rotation by rename --------------------------------------------------------------------------------
 def test_rotation_by_rename_reads_the_new_file_from_its_start(store, workdirs):
     folder = workdirs["landing"]
