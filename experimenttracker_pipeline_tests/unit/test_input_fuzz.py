@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import experimenttracker_pipeline.stages.ingestion.validation as v
 from experimenttracker_pipeline.model.declaration import read_declaration
+from experimenttracker_pipeline.model.experiment import experiment_from_row
 from experimenttracker_pipeline.model.fields import InvalidDeclaration
 from experimenttracker_pipeline.stages.governance.operations import contract_record
 from experimenttracker_pipeline.stages.samples.pairing import Candidate, edge_delta_bps
@@ -165,3 +166,5 @@ def test_the_declaration_loader_is_total_and_keeps_derived_numbers_finite(text):
     if plan.mde_bps and plan.expected_sd_bps:
         assert math.isfinite((plan.expected_sd_bps / plan.mde_bps) ** 2 * 16)  # the sample size for 80% power
     yaml.safe_dump(dict(experiment.raw), default_flow_style=True)  # the stored declaration is plain data
+    # What is stored reads back as the same experiment (else registering it would set it aside at once).
+    assert experiment_from_row(row).declaration_sha256 == experiment.declaration_sha256
