@@ -451,7 +451,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             store = _store(settings)
             row = experiment_row(store, args.experiment_id)
             if row is None:
-                raise CliError(f"unknown experiment {args.experiment_id!r}")
+                raise CliError(f"unknown experiment {args.experiment_id!r}" + _rejected_declarations(settings))
             wanted = "paused" if args.command == "pause" else "active"
             if args.command == "resume" and row["status"] != "paused":
                 raise CliError(f"{args.experiment_id} is {row['status']}, not paused")

@@ -106,6 +106,8 @@ def scan_landing(landing_dir: Path) -> LandingScan:
     refused: list[tuple[str, str]] = []
 
     def fail(exc: OSError) -> None:
+        if isinstance(exc, FileNotFoundError) and exc.filename != root:
+            return  # a subfolder removed while listing
         raise ReportBusUnavailable(f"report bus archive {landing_dir} cannot be listed: {exc}") from exc
 
     try:
@@ -118,13 +120,14 @@ def scan_landing(landing_dir: Path) -> LandingScan:
                 full = os.path.join(folder, name)
                 if not LANDING_NAME.fullmatch(name):
                     continue
-                info = os.lstat(full)
+                try:
+                    info = os.lstat(full)
+                except FileNotFoundError:
+                    continue  # renamed or removed while listing (a rotation): the next run sees it under its new name
                 if stat.S_ISLNK(info.st_mode):
                     refused.append((full, _link_detail(root, full, "file")))
                 elif stat.S_ISREG(info.st_mode):
                     files.append(LandingEntry(full, info.st_size, _identity(info)))
-    except FileNotFoundError:
-        pass  # an entry vanished while listing (a rotation): the next run sees the new state
     except OSError as exc:
         raise ReportBusUnavailable(f"report bus archive {landing_dir} cannot be listed: {exc}") from exc
     return LandingScan(sorted(files, key=lambda e: e.path), sorted(refused))
