@@ -108,6 +108,19 @@ def _announce(signum: int) -> None:
           file=sys.stderr, flush=True)
 
 
+def _rejected_declarations(settings: Settings, limit: int = 10) -> str:
+    """The declaration files rejected now, each with its field and why, for an "unknown experiment" message: the
+    experiment asked for may be in one of them."""
+    from experimenttracker_pipeline.model.declaration import load_declarations
+
+    errors = load_declarations(settings.experiments_dir, default_caliper_seconds=settings.caliper_seconds).errors
+    if not errors:
+        return ""
+    lines = [f"  {e.source}: {e.field}: {e.message}" for e in errors[:limit]]
+    more = f"\n  ... and {len(errors) - limit} more" if len(errors) > limit else ""
+    return f"; {len(errors)} declaration problem(s), the experiment may be declared in a rejected file:\n" + "\n".join(lines) + more
+
+
 def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = None, out=sys.stdout, verbose: bool = False,
                  run_size: int | None = None, label: str = "run") -> int:
     """Bring the store up to date, doing only what is due (read from the store's watermarks): register new
@@ -175,7 +188,8 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
     if experiment_ids:
         unknown = sorted(set(experiment_ids) - {r["experiment_id"] for r in snapshot})
         if unknown:
-            raise CliError(f"no such experiment: {', '.join(unknown)} (declare it in {settings.experiments_dir})")
+            raise CliError(f"no such experiment: {', '.join(unknown)} (declare it in {settings.experiments_dir})"
+                           + _rejected_declarations(settings))
     # 3. experiments with new fills or a changed sample count
     due = due_work.due_experiments(snapshot, newest_batch_by_slug(store), rule, only=experiment_ids or None)
     targets = [d.experiment_id for d in due]
@@ -441,7 +455,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             store = _store(settings)
             row = experiment_row(store, args.experiment_id)
             if row is None:
-                raise CliError(f"unknown experiment {args.experiment_id!r}")
+                raise CliError(f"unknown experiment {args.experiment_id!r}" + _rejected_declarations(settings))
             wanted = "paused" if args.command == "pause" else "active"
             if args.command == "resume" and row["status"] != "paused":
                 raise CliError(f"{args.experiment_id} is {row['status']}, not paused")

@@ -55,6 +55,7 @@ def raw_reports(context: dg.AssetExecutionContext, config: RawReportsConfig, sto
         "duplicates": result.duplicates,
         "quarantined": result.quarantined,
         "quarantine_reasons": dg.MetadataValue.json(reasons),
+        "refused_sources": dg.MetadataValue.json(result.refused_sources),  # links, never followed
         "accounting": dg.MetadataValue.md(
             f"lines read **{result.lines_read}** = accepted **{result.accepted}** + duplicates **{result.duplicates}**"
             f" + quarantined **{result.quarantined}**"),

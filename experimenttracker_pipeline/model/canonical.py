@@ -126,7 +126,7 @@ def digest(obj: Any) -> str:
 
 def is_digest(value: Any) -> bool:
     """True when ``value`` looks like ``sha256:`` followed by 64 lower-case hex digits."""
-    return isinstance(value, str) and bool(_DIGEST_RE.match(value))
+    return isinstance(value, str) and bool(_DIGEST_RE.fullmatch(value))
 
 
 def binding(id: str, target: Any) -> dict[str, str]:

@@ -386,7 +386,10 @@ def _constraint(err: f.Issues, v: Any, path: str) -> Constraint | None:
                       f"show an inequality, never an equality); use one of {', '.join(_SUPPORTED_OPS)}")
         ok = False
     d = Decimal(num)
-    if d * cj.MICROS != (d * cj.MICROS).to_integral_value():
+    if abs(d) > Decimal(f.MAX_ABS_REAL):
+        err.add(path, f"threshold in {v[:80]!r} is outside +/-{f.MAX_ABS_REAL:g}")
+        ok = False
+    elif d * cj.MICROS != (d * cj.MICROS).to_integral_value():
         err.add(path, f"threshold {num} in {v!r} has more than 6 decimal places "
                       "(thresholds are exported as integer micros)")
         ok = False
@@ -618,7 +621,7 @@ def _variants(err: f.Issues, v: Any, variant_slug: str | None, control_slug: str
         ok = True
         for vid, spec in v.items():
             p = f"variants.{vid}"
-            if not isinstance(vid, str) or not _ID_RE.match(vid):
+            if not isinstance(vid, str) or not _ID_RE.fullmatch(vid):
                 err.add(p, "variant id must match [a-z][a-z0-9_-]{0,63}")
                 ok = False
                 continue
@@ -743,7 +746,8 @@ def _stop_rules(err: f.Issues, v: Any, defaults: list[str]) -> StopRules:
             err.add("stop_rules.futility.no_effect_band", f"must be a number, got {f.describe(b)}")
         else:
             band = Decimal(repr(b)) if isinstance(b, float) else Decimal(b)
-            if not band.is_finite() or band <= 0 or band * cj.MICROS != (band * cj.MICROS).to_integral_value():
+            if (not band.is_finite() or band <= 0 or band > Decimal(f.MAX_ABS_REAL)
+                    or band * cj.MICROS != (band * cj.MICROS).to_integral_value()):
                 err.add("stop_rules.futility.no_effect_band",
                         f"must be > 0 with at most 6 decimal places, got {b}")
                 band = None

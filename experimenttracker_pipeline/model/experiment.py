@@ -56,9 +56,12 @@ CORE_FIELDS = ("experiment_id", "principal", "subject", "variant_slug", "control
 MODES = ("shadow_only", "limited_live")
 SPLIT_WARN_PCT = 50
 SPLIT_HARD_PCT = 100
+# The limited_live pairing window: beyond 30 days two fills are not a matched pair.
+MAX_CALIPER_SECONDS = 30 * 86_400
 # Experiment ids become Dagster partition keys and file names: keep them to a safe alphabet.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+# Matched with fullmatch (``$`` alone would accept a trailing newline).
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+SLUG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,9 @@ def parse_experiment(raw: Any, source: str, *,
         split = None
     if split is not None:
         split_bp = cj.scale_int(split, 100)
+        if split_bp < 1:
+            issues.add("traffic_split_pct", f"{split:g} is below the smallest split, 0.01")
+            split, split_bp = None, None
     min_samples = f.integer(issues, _or_default(raw, "min_samples_for_decision", DEFAULTS["min_samples_for_decision"]),
                             "min_samples_for_decision", 2, whole_float=True)
     auto_promote = f.boolean(issues, _or_default(raw, "auto_promote_on_winning", DEFAULTS["auto_promote_on_winning"]),
@@ -168,7 +174,8 @@ def parse_experiment(raw: Any, source: str, *,
     signoff = f.boolean(issues, _or_default(raw, "require_human_signoff", DEFAULTS["require_human_signoff"]),
                         "require_human_signoff")
     started_at = f.timestamp(issues, raw.get("started_at"), "started_at")
-    caliper = f.number(issues, _or_default(raw, "caliper_seconds", default_caliper_seconds), "caliper_seconds")
+    caliper = f.number(issues, _or_default(raw, "caliper_seconds", default_caliper_seconds), "caliper_seconds",
+                       0.0, MAX_CALIPER_SECONDS)
     caliper_ms = None
     if caliper is not None:
         caliper_ms = cj.scale_int(caliper, 1000)

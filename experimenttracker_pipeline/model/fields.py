@@ -19,6 +19,10 @@ __all__ = [
 ]
 
 DOCUMENT = "<document>"
+# Bounds of every declared number unless its field says narrower: every value derived from a declaration stays
+# finite, exports as integer micros within 64 bits (1e12 * 1e6 < 2^63) and fits the store's columns.
+MAX_ABS_REAL = 1e12
+MAX_COUNT = 1_000_000_000
 
 
 class DeclarationError(ValueError):
@@ -86,7 +90,7 @@ def required_text(issues: Issues, v: Any, path: str, pattern: re.Pattern[str] | 
     if not isinstance(v, str):
         issues.add(path, f"must be a string, got {describe(v)}")
         return None
-    if pattern is not None and not pattern.match(v):
+    if pattern is not None and not pattern.fullmatch(v):  # fullmatch: "$" would let a trailing newline through
         issues.add(path, f"{v!r} is not a valid identifier ({pattern.pattern})")
         return None
     return v
@@ -102,9 +106,11 @@ def text(issues: Issues, v: Any, path: str) -> str | None:
 
 def integer(issues: Issues, v: Any, path: str, lo: int | None = None, hi: int | None = None, unit: str = "", *,
             whole_float: bool = False) -> int | None:
-    """An integer in ``lo..hi``. Scaled integers (``*_bp``, days) must be written as integers: bool is an int
-    subclass and 1000.0 a float, both rejected because the exported form is exact. Counts of the statistics
-    plan accept a whole float (``whole_float``), as YAML writes ``1e3``."""
+    """An integer in ``lo..hi`` (``hi`` defaults to MAX_COUNT). Scaled integers (``*_bp``, days) must be written
+    as integers: bool is an int subclass and 1000.0 a float, both rejected because the exported form is exact.
+    Counts of the statistics plan accept a whole float (``whole_float``), as YAML writes ``1e3``."""
+    if hi is None:
+        hi = MAX_COUNT
     if whole_float and isinstance(v, float) and not isinstance(v, bool):
         if not math.isfinite(v):
             issues.add(path, "must be finite")
@@ -112,28 +118,36 @@ def integer(issues: Issues, v: Any, path: str, lo: int | None = None, hi: int | 
         if not v.is_integer():
             issues.add(path, f"must be a whole number, got {v!r}")
             return None
+        if abs(v) > 2 * MAX_COUNT:  # before int(): 1e308 is a 309-digit integer
+            issues.add(path, f"must be in {lo if lo is not None else ''}..{hi}, got {v:g}")
+            return None
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
         hint = f" ({unit})" if unit else ""
         issues.add(path, f"must be an integer{hint}, got {describe(v)}")
         return None
-    if lo is not None and v < lo or hi is not None and v > hi:
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        issues.add(path, f"must be in {rng}, got {v}")
+    if lo is not None and v < lo or v > hi:
+        rng = f"{lo}..{hi}" if lo is not None else f"<= {hi}"
+        shown = v if abs(v) < 10 ** 15 else f"an integer of {len(str(abs(v)))} digits"
+        issues.add(path, f"must be in {rng}, got {shown}")
         return None
     return v
 
 
-def number(issues: Issues, v: Any, path: str) -> float | None:
-    """A finite real number (int, float or Decimal; not bool)."""
+def number(issues: Issues, v: Any, path: str, lo: float = -MAX_ABS_REAL, hi: float = MAX_ABS_REAL) -> float | None:
+    """A finite real number (int, float or Decimal; not bool) in [``lo``, ``hi``] (by default +/- MAX_ABS_REAL)."""
     if isinstance(v, bool) or not isinstance(v, (int, float, Decimal)):
         issues.add(path, f"must be a number, got {v!r}")
         return None
-    x = float(v)
-    if not math.isfinite(x):
+    if isinstance(v, (float, Decimal)) and not math.isfinite(v):
         issues.add(path, "must be finite")
         return None
-    return x
+    # Compared before float(): a 400-digit integer is out of range, not an OverflowError.
+    if not lo <= v <= hi:
+        shown = f"{v:g}" if not isinstance(v, int) or abs(v) < 10 ** 15 else f"an integer of {len(str(abs(v)))} digits"
+        issues.add(path, f"must be in [{lo:g}, {hi:g}], got {shown}")
+        return None
+    return float(v)
 
 
 def boolean(issues: Issues, v: Any, path: str) -> bool | None:

@@ -22,6 +22,12 @@ STATISTICS_FIELDS = ("ci_method", "expected_samples", "planned_looks", "planned_
 # equal; the model does not import the statistics).
 ALWAYS_VALID_MIN_SAMPLES = 20
 MAX_ADJUSTMENT_COVARIATES = 8
+# Bounds of the plan's numbers: effects, margins and sds in basis points within +/-1e6 bps (100x the notional);
+# a positive scale (an sd, an effect size) at least 1e-6 bps, so that ratios of them stay finite; at most 100
+# planned looks (the design's boundaries are computed once per look).
+MAX_ABS_BPS = 1e6
+MIN_POSITIVE_BPS = 1e-6
+MAX_PLANNED_LOOKS = 100
 CAUSAL_FIELDS = ("instrument", "harm_margin_bps")
 
 
@@ -67,14 +73,15 @@ class CausalPlan:
     harm_margin_bps: float = 0.0  # a segment whose corrected CI lies below -harm_margin_bps is harmed
 
 
-def _count(issues: f.Issues, raw: Mapping[str, Any], key: str) -> int | None:
+def _count(issues: f.Issues, raw: Mapping[str, Any], key: str, hi: int = f.MAX_COUNT) -> int | None:
     v = raw.get(key)
-    return None if v is None else f.integer(issues, v, key, 0, whole_float=True)
+    return None if v is None else f.integer(issues, v, key, 0, hi, whole_float=True)
 
 
 def _real(issues: f.Issues, raw: Mapping[str, Any], key: str) -> float | None:
+    """A plan number in basis points, within +/- MAX_ABS_BPS."""
     v = raw.get(key)
-    return None if v is None else f.number(issues, v, key)
+    return None if v is None else f.number(issues, v, key, -MAX_ABS_BPS, MAX_ABS_BPS)
 
 
 def statistics_plan(issues: f.Issues, raw: Mapping[str, Any]) -> StatisticsPlan | None:
@@ -82,21 +89,21 @@ def statistics_plan(issues: f.Issues, raw: Mapping[str, Any]) -> StatisticsPlan 
     method = raw.get("ci_method")
     method = "always_valid" if method is None else f.enum(issues, method, "ci_method", CI_METHODS)
     expected = _count(issues, raw, "expected_samples")
-    looks = _count(issues, raw, "planned_looks")
+    looks = _count(issues, raw, "planned_looks", MAX_PLANNED_LOOKS)
     max_samples = _count(issues, raw, "planned_max_samples")
     if method == "group_sequential" and (not looks or not max_samples or looks < 1 or max_samples < 2):
         # Information fractions need a fixed denominator declared before the data arrive.
         issues.add("planned_looks", "group_sequential needs planned_looks >= 1 and planned_max_samples")
     mde = _real(issues, raw, "mde_bps")
-    if mde is not None and mde <= 0:
-        issues.add("mde_bps", "must be > 0")
+    if mde is not None and mde < MIN_POSITIVE_BPS:
+        issues.add("mde_bps", f"must be > 0 (at least {MIN_POSITIVE_BPS:g})")
     winsor = _real(issues, raw, "winsorize_pct")
     if winsor is not None and not 0 < winsor < 50:
         issues.add("winsorize_pct",
                    "must be a tail percentage in (0, 50), e.g. 1 clips at the 1st and 99th percentiles")
     expected_sd = _real(issues, raw, "expected_sd_bps")
-    if expected_sd is not None and expected_sd <= 0:
-        issues.add("expected_sd_bps", "must be > 0")
+    if expected_sd is not None and expected_sd < MIN_POSITIVE_BPS:
+        issues.add("expected_sd_bps", f"must be > 0 (at least {MIN_POSITIVE_BPS:g})")
     if looks is not None and max_samples is not None and looks > max_samples:
         issues.add("planned_looks", f"{looks} looks cannot fit in planned_max_samples {max_samples}")
     if method == "fixed_horizon" and not max_samples:
@@ -109,8 +116,8 @@ def statistics_plan(issues: f.Issues, raw: Mapping[str, Any]) -> StatisticsPlan 
     margins = _margins(issues, raw)
     prior_mean = _real(issues, raw, "prior_mean_bps")
     prior_sd = _real(issues, raw, "prior_sd_bps")
-    if prior_sd is not None and prior_sd <= 0:
-        issues.add("prior_sd_bps", "must be > 0 (omit it for a flat prior)")
+    if prior_sd is not None and prior_sd < MIN_POSITIVE_BPS:
+        issues.add("prior_sd_bps", f"must be > 0, at least {MIN_POSITIVE_BPS:g} (omit it for a flat prior)")
     adjust_for = _adjust_for(issues, raw)
     if adjust_for and method != "always_valid":
         issues.add("adjust_for", "regression adjustment is available with ci_method always_valid")
@@ -151,9 +158,10 @@ def _margins(issues: f.Issues, raw: Mapping[str, Any]) -> dict[str, float]:
         if metric not in METRICS:
             issues.add(key, f"unknown metric; known metrics: {', '.join(METRICS)}")
             continue
-        m = None if margin is None else f.number(issues, margin, key)
-        if m is None or m < 0:
+        m = None if margin is None else f.number(issues, margin, key, -MAX_ABS_BPS, MAX_ABS_BPS)
+        if margin is None or (m is not None and m < 0):
             issues.add(key, "must be a number >= 0")
+        if m is None or m < 0:
             continue
         out[str(metric)] = m
     return out

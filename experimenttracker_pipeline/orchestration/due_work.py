@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 REPORT_BUS_UNAVAILABLE = "REPORT_BUS_UNAVAILABLE"
 NO_SAMPLES_IN_WINDOW = "NO_SAMPLES_IN_WINDOW"
 PAUSED = "paused"  # an operator paused the experiment (`experimenttracker pause`): no pairing, evaluation or stalls
+# A stored declaration that cannot be used (stages.declarations.queries.SET_ASIDE): never paired or evaluated.
+SET_ASIDE = "rejected"
 
 
 def digest(parts: Iterable[Any]) -> str:
@@ -37,7 +39,7 @@ def folder_stats(folder: Path, suffixes: tuple[str, ...], *, recursive: bool = F
     paths = folder.rglob("*") if recursive else folder.glob("*")
     out = {}
     for p in paths:
-        if p.suffix in suffixes and p.is_file():
+        if p.suffix in suffixes and not p.is_symlink() and p.is_file():  # links are never read: never due
             stat = p.stat()
             out[str(p.resolve())] = (stat.st_size, stat.st_mtime_ns // 1_000_000)
     return out
@@ -149,7 +151,7 @@ def due_experiments(snapshot: Iterable[Mapping[str, Any]], newest_batch_by_slug:
     wanted = set(only) if only is not None else None
     out = []
     for row in snapshot:
-        if row.get("status") == PAUSED or (wanted is not None and row["experiment_id"] not in wanted):
+        if row.get("status") in (PAUSED, SET_ASIDE) or (wanted is not None and row["experiment_id"] not in wanted):
             continue  # a paused experiment's fills stay stored and pair when it is resumed
         samples = int(row["samples"] or 0)
         evaluated = row.get("evaluated_samples")

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from experimenttracker_pipeline.orchestration.due_work import PAUSED, EvaluationRule, pairing_due
+from experimenttracker_pipeline.orchestration.due_work import PAUSED, SET_ASIDE, EvaluationRule, pairing_due
 from experimenttracker_pipeline.stages.causal_effects.estimation import CausalRun, compute_causal
 from experimenttracker_pipeline.stages.declarations.queries import known_experiment_ids
 from experimenttracker_pipeline.stages.drift.registry import StrategyRegistry
@@ -102,6 +102,9 @@ def process_experiment(store: Store, registry: StrategyRegistry, experiment_id: 
             row = row[0]
             if row.get("status") == PAUSED:
                 outcome.notes.append("paused: not paired or evaluated until resumed")
+                return outcome
+            if row.get("status") == SET_ASIDE:
+                outcome.notes.append("set aside: its stored declaration cannot be used (see the experiments asset)")
                 return outcome
             samples = int(row["samples"] or 0)
             if pairing_due(row, newest_batch_by_slug):

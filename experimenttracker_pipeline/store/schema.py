@@ -89,6 +89,12 @@ landing_files = sa.Table(
     sa.Column("lines_read", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("size_seen", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     _at("updated_at"),
+    # Which file the offset belongs to: "device:inode", and the sha256 of its first fingerprint_bytes bytes and of
+    # the bytes just before byte_offset (all already read), so a file renamed, replaced or rewritten under the same
+    # name is recognised. NULL: not yet known (a row from before these columns).
+    sa.Column("file_identity", sa.Text),
+    sa.Column("fingerprint", sa.Text),
+    sa.Column("fingerprint_bytes", sa.BigInteger, nullable=False, server_default=sa.text("0")),
 )
 
 raw_reports = sa.Table(

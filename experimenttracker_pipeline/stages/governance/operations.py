@@ -121,12 +121,17 @@ def contract_for(store: Store, experiment_id: str) -> ExperimentContract:
 
 def record_contract(store: Store, contract: ExperimentContract) -> bool:
     """Store the contract's canonical JSON, digest, risk level and required roles; True when new (idempotent)."""
+    return record_contract_row(store, contract_record(contract))
+
+
+def contract_record(contract: ExperimentContract) -> dict[str, Any]:
+    """The `experiment_contracts` row of a contract (canonical JSON, digest, risk level, required roles)."""
     risk = assess_risk(contract)
-    return record_contract_row(store, {
+    return {
         "experiment_id": contract.experiment_id, "contract_digest": contract.digest,
         "contract_json": contract.canonical_bytes.decode("utf-8"), "risk_level": risk.level,
         "required_roles": cj.canonical_json(list(risk.required_reviewers)).decode("utf-8"),
-    })
+    }
 
 
 # ---- approvals -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from experimenttracker_pipeline.store import Store, bulk_load, upsert
 from experimenttracker_pipeline.store.schema import (
@@ -29,8 +30,13 @@ _SQLITE_MAX_VARIABLES = 5_000
 def record_contract_row(store: Store, row: Mapping[str, Any]) -> bool:
     """Insert one experiment contract (idempotent on (experiment_id, contract_digest)); True if new."""
     with store.begin() as conn:
-        return conn.execute(upsert(conn, experiment_contracts).values(dict(row)).on_conflict_do_nothing(
-            index_elements=["experiment_id", "contract_digest"])).rowcount == 1
+        return insert_contract_row(conn, row)
+
+
+def insert_contract_row(conn: Connection, row: Mapping[str, Any]) -> bool:
+    """`record_contract_row` inside the caller's transaction."""
+    return conn.execute(upsert(conn, experiment_contracts).values(dict(row)).on_conflict_do_nothing(
+        index_elements=["experiment_id", "contract_digest"])).rowcount == 1
 
 
 def contract_rows(store: Store, experiment_id: str) -> list[dict[str, Any]]:

@@ -23,11 +23,13 @@ from typing import Any, Awaitable, Callable, TypeVar
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.stages.ingestion.landing import ReportBusUnavailable
 from experimenttracker_pipeline.stages.ingestion.validation import (
+    REPORT_DUPLICATE_KEY,
     REPORT_EMPTY_LINE,
     REPORT_INVALID_ENCODING,
     REPORT_INVALID_JSON,
     REPORT_LINE_TOO_LONG,
     REPORT_NOT_OBJECT,
+    REPORT_UNPROCESSABLE,
     Fill,
     bounded_raw_text,
     validate_line,
@@ -37,12 +39,12 @@ from experimenttracker_pipeline.stages.ingestion.queries import BusBatchAccount,
 
 log = logging.getLogger(__name__)
 
-# A message that validation or the store cannot handle (an unexpected error): quarantined with the error, so one
-# bad message never blocks the ones behind it.
-REPORT_UNPROCESSABLE = "REPORT_UNPROCESSABLE"
 # How long the stream remembers a Nats-Msg-Id (publishes of the same report id inside it are de-duplicated).
 DUPLICATE_WINDOW_SECONDS = 900.0
-_NOT_A_REPORT = {REPORT_EMPTY_LINE, REPORT_LINE_TOO_LONG, REPORT_INVALID_ENCODING, REPORT_INVALID_JSON, REPORT_NOT_OBJECT}
+# Messages whose kind cannot be read reliably: quarantined, never "ignored" (with a key given twice, whether it is
+# a fill depends on which value a parser keeps).
+_NOT_A_REPORT = {REPORT_EMPTY_LINE, REPORT_LINE_TOO_LONG, REPORT_INVALID_ENCODING, REPORT_INVALID_JSON, REPORT_NOT_OBJECT,
+                 REPORT_DUPLICATE_KEY}
 
 T = TypeVar("T")
 

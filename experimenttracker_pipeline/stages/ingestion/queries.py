@@ -74,11 +74,37 @@ class QuarantineRow:
     report_id: str | None = None
 
 
+@dataclass(frozen=True)
+class LandingPosition:
+    """How far one landing path has been read: ``byte_offset`` into the file identified by ``file_identity``
+    ("device:inode") and ``fingerprint`` (sha256 of its first ``fingerprint_bytes`` bytes and of the bytes just
+    before the offset), and ``lines_read``, the last line number used under this path (line numbers never repeat
+    under one path, so quarantine rows never collide)."""
+
+    path: str
+    byte_offset: int
+    lines_read: int
+    size_seen: int
+    file_identity: str | None = None
+    fingerprint: str | None = None
+    fingerprint_bytes: int = 0
+
+
 def landing_state(store: Store) -> dict[str, dict[str, int]]:
     """Per landing file: the byte offset and line count read so far, and the size seen then."""
     t = landing_files
     rows = store.rows(sa.select(t.c.path, t.c.byte_offset, t.c.lines_read, t.c.size_seen))
     return {r["path"]: {"byte_offset": r["byte_offset"], "lines_read": r["lines_read"], "size_seen": r["size_seen"]} for r in rows}
+
+
+def landing_positions(store: Store) -> dict[str, LandingPosition]:
+    """Every landing path's position, with the identity of the file it belongs to."""
+    t = landing_files
+    rows = store.rows(sa.select(t.c.path, t.c.byte_offset, t.c.lines_read, t.c.size_seen, t.c.file_identity,
+                                t.c.fingerprint, t.c.fingerprint_bytes))
+    return {r["path"]: LandingPosition(r["path"], int(r["byte_offset"]), int(r["lines_read"]), int(r["size_seen"]),
+                                       r["file_identity"], r["fingerprint"], int(r["fingerprint_bytes"] or 0))
+            for r in rows}
 
 
 def landing_offset(store: Store, path: str) -> dict[str, int] | None:
@@ -88,15 +114,43 @@ def landing_offset(store: Store, path: str) -> dict[str, int] | None:
     return rows[0] if rows else None
 
 
+def set_landing_position(store: Store, position: LandingPosition) -> None:
+    """Where reading a landing path starts: the file now at ``position.path`` and the offset reached in it
+    (0 for a new file, or the offset a renamed file had reached under its old name)."""
+    with store.begin() as conn:
+        insert = upsert(conn, landing_files).values(
+            path=position.path, byte_offset=position.byte_offset, lines_read=position.lines_read,
+            size_seen=position.size_seen, file_identity=position.file_identity, fingerprint=position.fingerprint,
+            fingerprint_bytes=position.fingerprint_bytes)
+        conn.execute(insert.on_conflict_do_update(index_elements=["path"], set_={
+            name: insert.excluded[name] for name in ("byte_offset", "lines_read", "size_seen", "file_identity",
+                                                     "fingerprint", "fingerprint_bytes", "updated_at")}))
+
+
+def record_refused_source(store: Store, path: str, detail: str) -> bool:
+    """Record once that a landing-folder entry was refused unread (a quarantine row at line 0, empty raw text).
+    Returns True when this is the first record of it."""
+    t = quarantined_reports
+    with store.begin() as conn:
+        known = conn.execute(sa.select(t.c.id).where(t.c.source_file == path, t.c.line_number == 0)).first()
+        if known is not None:
+            return False
+        conn.execute(t.insert().values(source_file=path, line_number=0, report_id=None,
+                                       reason_code="REPORT_SOURCE_REFUSED", detail=detail[:1000], raw_text=""))
+    return True
+
+
 def ingest_batch(store: Store, *, source_file: str, from_offset: int, to_offset: int, first_line: int, size_seen: int,
-                 fills: Sequence[tuple[int, Fill]], rejections: Sequence[QuarantineRow], run_id: str | None = None) -> BatchAccount:
+                 fills: Sequence[tuple[int, Fill]], rejections: Sequence[QuarantineRow], run_id: str | None = None,
+                 fingerprint: tuple[str, int] | None = None) -> BatchAccount:
     """Store one chunk of a landing file atomically: accepted fills, duplicates, quarantine rows, the new
-    file offset and the chunk's accounting row commit together or not at all."""
+    file offset (with the file's fingerprint at that offset) and the chunk's accounting row commit
+    together or not at all."""
     with store.begin() as conn:
         # The chunk is stored only if the file's offset is still where this reader started: another process
         # that read the same lines first makes this one roll back instead of counting them twice.
         _advance_landing_offset(conn, source_file, from_offset, to_offset,
-                                first_line - 1 + len(fills) + len(rejections), size_seen)
+                                first_line - 1 + len(fills) + len(rejections), size_seen, fingerprint)
         stored = _store_reports(conn, source_file=source_file, from_offset=from_offset, to_offset=to_offset,
                                 first_line=first_line, fills=fills, rejections=rejections, run_id=run_id)
     return stored.account
@@ -216,13 +270,6 @@ def _known_sequences(conn: Connection, stream: str, seqs: Sequence[int]) -> set[
     return known
 
 
-def reset_landing_offset(store: Store, path: str, lines_read: int) -> None:
-    """A file that shrank was rotated or rewritten: read it again from byte 0 (known ids count as
-    duplicates, line numbers keep counting up so quarantine rows never collide)."""
-    with store.begin() as conn:
-        _set_landing_offset(conn, path, 0, lines_read, 0)
-
-
 def batch_slugs_since(store: Store, batch_id: int) -> tuple[int, dict[str, int]]:
     """(newest ingestion batch id, fills per strategy slug in batches after ``batch_id``)."""
     newest = int(store.scalar(sa.select(sa.func.coalesce(sa.func.max(ingestion_batches.c.id), 0))))
@@ -240,23 +287,19 @@ def newest_batch_by_slug(store: Store) -> dict[str, int]:
 
 
 def _advance_landing_offset(conn: Connection, path: str, from_offset: int, to_offset: int, lines_read: int,
-                            size_seen: int) -> None:
+                            size_seen: int, fingerprint: tuple[str, int] | None = None) -> None:
     """Move a file's offset from ``from_offset`` to ``to_offset``; `LandingOffsetMoved` if it is no longer there."""
     t = landing_files
-    moved = conn.execute(sa.update(t).where(t.c.path == path, t.c.byte_offset == from_offset).values(
-        byte_offset=to_offset, lines_read=lines_read, size_seen=size_seen, updated_at=utc_now())).rowcount
+    values = {"byte_offset": to_offset, "lines_read": lines_read, "size_seen": size_seen, "updated_at": utc_now()}
+    if fingerprint is not None:
+        values.update(fingerprint=fingerprint[0], fingerprint_bytes=fingerprint[1])
+    moved = conn.execute(sa.update(t).where(t.c.path == path, t.c.byte_offset == from_offset).values(**values)).rowcount
     if not moved and from_offset == 0:
-        insert = upsert(conn, t).values(path=path, byte_offset=to_offset, lines_read=lines_read, size_seen=size_seen)
+        values.pop("updated_at")
+        insert = upsert(conn, t).values(path=path, **values)
         moved = conn.execute(insert.on_conflict_do_nothing(index_elements=["path"])).rowcount
     if not moved:
         raise LandingOffsetMoved(f"{path}: another ingestion stored bytes from offset {from_offset} first")
-
-
-def _set_landing_offset(conn: Connection, path: str, offset: int, lines_read: int, size_seen: int) -> None:
-    insert = upsert(conn, landing_files).values(path=path, byte_offset=offset, lines_read=lines_read, size_seen=size_seen)
-    conn.execute(insert.on_conflict_do_update(index_elements=["path"], set_={
-        "byte_offset": insert.excluded.byte_offset, "lines_read": insert.excluded.lines_read,
-        "size_seen": insert.excluded.size_seen, "updated_at": insert.excluded.updated_at}))
 
 
 def _known_reports(conn: Connection, report_ids: list[str]) -> dict[str, tuple[str, str, int]]:

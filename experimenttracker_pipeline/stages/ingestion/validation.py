@@ -29,12 +29,18 @@ REPORT_UNSUPPORTED_KIND = "REPORT_UNSUPPORTED_KIND"
 REPORT_FIELD_TOO_LONG = "REPORT_FIELD_TOO_LONG"
 REPORT_CONTROL_CHARACTERS = "REPORT_CONTROL_CHARACTERS"
 REPORT_CONFLICTING_REDELIVERY = "REPORT_CONFLICTING_REDELIVERY"
+REPORT_DUPLICATE_KEY = "REPORT_DUPLICATE_KEY"
+# A landing-folder entry that is not read at all (a symbolic link): recorded with line number 0.
+REPORT_SOURCE_REFUSED = "REPORT_SOURCE_REFUSED"
+# A line or message that validation or the database could not handle (an unexpected error); `detail` holds it.
+REPORT_UNPROCESSABLE = "REPORT_UNPROCESSABLE"
 
 QUARANTINE_REASONS = (
     REPORT_EMPTY_LINE, REPORT_LINE_TOO_LONG, REPORT_INVALID_ENCODING, REPORT_INVALID_JSON, REPORT_NOT_OBJECT,
     REPORT_MISSING_FIELD, REPORT_INVALID_TYPE, REPORT_NON_FINITE_NUMBER, REPORT_NON_POSITIVE_AMOUNT,
     REPORT_OUT_OF_RANGE, REPORT_UNKNOWN_MODE, REPORT_UNSUPPORTED_KIND, REPORT_FIELD_TOO_LONG,
-    REPORT_CONTROL_CHARACTERS, REPORT_CONFLICTING_REDELIVERY,
+    REPORT_CONTROL_CHARACTERS, REPORT_CONFLICTING_REDELIVERY, REPORT_DUPLICATE_KEY, REPORT_SOURCE_REFUSED,
+    REPORT_UNPROCESSABLE,
 )
 
 MODES = ("live", "shadow", "replay")
@@ -45,8 +51,20 @@ MAX_RAW_TEXT = 4096
 # Seconds-scale timestamps are almost always a unit bug upstream: demand epoch milliseconds after 2001-09-09.
 MIN_EPOCH_MS = 1_000_000_000_000
 MAX_EPOCH_MS = 4_102_444_800_000  # 2100-01-01
+# Bounds on every number, so that every value derived from a report stays finite: the largest edge delta is
+# 2 * MAX_ABS_PUSD / MIN_AMOUNT_PUSD * 10^4 = 2e22 bps, and sums of squares over billions of pairs stay far
+# below the float range. Subnormal or astronomically large amounts are producer bugs, not fills.
+MIN_AMOUNT_PUSD = 1e-6
+MAX_ABS_PUSD = 1e12  # size, notional and |edge|
+MAX_ABS_SLIPPAGE_BPS = 1e6
+MAX_ABS_COVARIATE = 1e12
+NUMBER_BOUNDS = {"size_pusd": (MIN_AMOUNT_PUSD, MAX_ABS_PUSD), "notional_pusd": (MIN_AMOUNT_PUSD, MAX_ABS_PUSD),
+                 "edge_pusd": (-MAX_ABS_PUSD, MAX_ABS_PUSD),
+                 "slippage_bps": (-MAX_ABS_SLIPPAGE_BPS, MAX_ABS_SLIPPAGE_BPS)}
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Lone UTF-16 surrogates arrive only as JSON escapes ("\ud800"); no database driver can encode them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 ID_FIELDS = ("report_id", "topic", "bot_id", "strategy_slug", "pair_key", "market_id")
 NUMBER_FIELDS = ("size_pusd", "notional_pusd", "edge_pusd", "slippage_bps")
 REQUIRED = ("report_id", "report_kind", "event_type", "topic", "bot_id", "strategy_slug", "mode", "pair_key",
@@ -100,6 +118,26 @@ def _reject_constant(name: str) -> float:
     raise _Invalid(REPORT_NON_FINITE_NUMBER, f"JSON constant {name} is not a finite number")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all distinct: with a repeated key, which value counts is parser-dependent."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _Invalid(REPORT_DUPLICATE_KEY, f"key {repeated[:40]!r} appears more than once in one object")
+    return obj
+
+
+# One decoder for every line: json.loads with options would build a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+
+
+def parse_report_json(text: str) -> Any:
+    """The JSON value of one report line: NaN/Infinity and repeated keys raise ``_Invalid``, other syntax errors
+    ``ValueError`` (or ``RecursionError`` for absurd nesting)."""
+    return _DECODER.decode(text)
+
+
 def _text(obj: dict, key: str, *, required: bool = True, max_len: int = MAX_ID_LENGTH, may_have_control: bool = True) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -114,10 +152,14 @@ def _text(obj: dict, key: str, *, required: bool = True, max_len: int = MAX_ID_L
         raise _Invalid(REPORT_FIELD_TOO_LONG, f"{key} is {len(value)} characters (max {max_len})")
     if may_have_control and _CONTROL.search(value):
         raise _Invalid(REPORT_CONTROL_CHARACTERS, f"{key} contains control characters")
+    if may_have_control and _SURROGATE.search(value):
+        raise _Invalid(REPORT_INVALID_ENCODING, f"{key} contains a lone UTF-16 surrogate escape")
     return value
 
 
-def _number(obj: dict, key: str, *, required: bool = True) -> float | None:
+def _raw_number(obj: dict, key: str, *, required: bool = True) -> int | float | None:
+    """The field as the JSON parser gave it (an int or a finite float), never converted: a 400-digit integer
+    stays an int here, so comparing it is exact and cannot overflow."""
     value = obj.get(key)
     if value is None:
         if required:
@@ -126,17 +168,28 @@ def _number(obj: dict, key: str, *, required: bool = True) -> float | None:
     # bool is an int in Python; a boolean amount is a producer bug, not 0/1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Invalid(REPORT_INVALID_TYPE, f"{key} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise _Invalid(REPORT_NON_FINITE_NUMBER, f"{key} is not finite")
     return value
 
 
+def _number(obj: dict, key: str, lo: float, hi: float, *, required: bool = True) -> float | None:
+    value = _raw_number(obj, key, required=required)
+    if value is None:
+        return None
+    if not lo <= value <= hi:
+        raise _Invalid(REPORT_OUT_OF_RANGE, f"{key}={_short(value)} is outside [{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def _short(value: int | float) -> str:
+    if isinstance(value, int) and abs(value) >= 10 ** 15:
+        return f"<integer of {len(str(abs(value)))} digits>"
+    return f"{value:g}"
+
+
 def _unit_interval(obj: dict, key: str) -> float | None:
-    value = _number(obj, key, required=False)
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise _Invalid(REPORT_OUT_OF_RANGE, f"{key}={value:g} is outside [0, 1]")
-    return value
+    return _number(obj, key, 0.0, 1.0, required=False)
 
 
 def _covariates(obj: dict) -> str | None:
@@ -149,12 +202,16 @@ def _covariates(obj: dict) -> str | None:
         raise _Invalid(REPORT_FIELD_TOO_LONG, f"covariates has {len(value)} keys (max {MAX_COVARIATES})")
     clean: dict[str, Any] = {}
     for key, item in value.items():
+        if _SURROGATE.search(key) or (isinstance(item, str) and _SURROGATE.search(item)):
+            raise _Invalid(REPORT_INVALID_ENCODING, f"covariate {key[:40]!r} contains a lone UTF-16 surrogate escape")
         if len(key) > MAX_ID_LENGTH or _CONTROL.search(key) or not key:
             raise _Invalid(REPORT_INVALID_TYPE, f"covariate name {key[:40]!r} is empty, too long or has control characters")
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise _Invalid(REPORT_INVALID_TYPE, f"covariate {key} must be a string or a number")
         if isinstance(item, float) and not math.isfinite(item):
             raise _Invalid(REPORT_NON_FINITE_NUMBER, f"covariate {key} is not finite")
+        if not isinstance(item, str) and not -MAX_ABS_COVARIATE <= item <= MAX_ABS_COVARIATE:
+            raise _Invalid(REPORT_OUT_OF_RANGE, f"covariate {key}={_short(item)} is outside ±{MAX_ABS_COVARIATE:g}")
         if isinstance(item, str) and (len(item) > MAX_ID_LENGTH or _CONTROL.search(item)):
             raise _Invalid(REPORT_FIELD_TOO_LONG if len(item) > MAX_ID_LENGTH else REPORT_CONTROL_CHARACTERS,
                            f"covariate {key} value is too long or has control characters")
@@ -174,10 +231,11 @@ def _validate_object(obj: dict, may_have_control: bool = True) -> Fill:
     mode = _text(obj, "mode")
     if mode not in MODES:
         raise _Invalid(REPORT_UNKNOWN_MODE, f"mode {mode!r} is not one of {', '.join(MODES)}")
-    numbers = {key: _number(obj, key) for key in NUMBER_FIELDS}
-    for key in ("size_pusd", "notional_pusd"):
-        if numbers[key] <= 0:
-            raise _Invalid(REPORT_NON_POSITIVE_AMOUNT, f"{key}={numbers[key]:g} must be > 0")
+    for key in NUMBER_FIELDS:
+        value = _raw_number(obj, key)
+        if key in ("size_pusd", "notional_pusd") and value <= 0:
+            raise _Invalid(REPORT_NON_POSITIVE_AMOUNT, f"{key}={_short(value)} must be > 0")
+    numbers = {key: _number(obj, key, *NUMBER_BOUNDS[key]) for key in NUMBER_FIELDS}
     recorded = obj.get("recorded_at_ms")
     if isinstance(recorded, bool) or not isinstance(recorded, (int, float)):
         raise _Invalid(REPORT_INVALID_TYPE, "recorded_at_ms must be an integer (epoch milliseconds)")
@@ -206,7 +264,8 @@ def _validate_object(obj: dict, may_have_control: bool = True) -> Fill:
     )
 
 
-_FINITE = math.isfinite
+_BOM = b"\xef\xbb\xbf"
+_BOUNDS = tuple(NUMBER_BOUNDS[key] for key in NUMBER_FIELDS)
 
 
 def _fast_fill(obj: dict, may_have_control: bool) -> Fill | None:
@@ -220,12 +279,13 @@ def _fast_fill(obj: dict, may_have_control: bool) -> Fill | None:
     if g("report_kind") != "OperationsReport" or g("event_type") != "FILL" or g("mode") not in MODES:
         return None
     nums = [g(k) for k in NUMBER_FIELDS]
-    for value in nums:
-        if type(value) not in (int, float) or not _FINITE(value):
+    for value, (lo, hi) in zip(nums, _BOUNDS):
+        # A range test is also the finiteness test (NaN compares false) and never converts a huge int.
+        if type(value) not in (int, float) or not lo <= value <= hi:
             return None
     size, notional, edge, slippage = (float(v) for v in nums)
     recorded = g("recorded_at_ms")
-    if type(recorded) is not int or not MIN_EPOCH_MS <= recorded <= MAX_EPOCH_MS or size <= 0 or notional <= 0:
+    if type(recorded) is not int or not MIN_EPOCH_MS <= recorded <= MAX_EPOCH_MS:
         return None
     experiment_id, quality, propensity, covariates = g("experiment_id"), g("fill_quality"), g("assignment_propensity"), g("covariates")
     if experiment_id is not None and (type(experiment_id) is not str or not 0 < len(experiment_id) <= MAX_ID_LENGTH):
@@ -246,7 +306,7 @@ def _fast_fill(obj: dict, may_have_control: bool) -> Fill | None:
             if kind is str:
                 if len(value) > MAX_ID_LENGTH:
                     return None
-            elif kind not in (int, float) or not _FINITE(value):
+            elif kind not in (int, float) or not -MAX_ABS_COVARIATE <= value <= MAX_ABS_COVARIATE:
                 return None
         covariates_json = json.dumps(covariates, sort_keys=True, separators=(",", ":"))
     report_id, topic, bot_id, slug, pair_key, market_id = ids
@@ -260,8 +320,11 @@ def _fast_fill(obj: dict, may_have_control: bool) -> Fill | None:
 
 
 def validate_line(raw: bytes | str) -> Fill | Rejection:
-    """Validate one line of the report archive (without its newline)."""
+    """Validate one line of the report archive (without its newline). A leading UTF-8 byte-order mark (editors
+    and some Windows tools write one at the start of a file) is not part of the report and is dropped."""
     if isinstance(raw, bytes):
+        if raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
         if len(raw) > MAX_LINE_BYTES:
             return Rejection(REPORT_LINE_TOO_LONG, f"line is {len(raw)} bytes (max {MAX_LINE_BYTES})")
         try:
@@ -269,13 +332,13 @@ def validate_line(raw: bytes | str) -> Fill | Rejection:
         except UnicodeDecodeError as exc:
             return Rejection(REPORT_INVALID_ENCODING, f"not UTF-8: {exc.reason} at byte {exc.start}")
     else:
-        text = raw
-        if len(text.encode("utf-8")) > MAX_LINE_BYTES:
+        text = raw[1:] if raw.startswith("\ufeff") else raw
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
             return Rejection(REPORT_LINE_TOO_LONG, f"line longer than {MAX_LINE_BYTES} bytes")
     if not text.strip():
         return Rejection(REPORT_EMPTY_LINE, "empty line")
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = parse_report_json(text)
     except _Invalid as exc:
         return Rejection(exc.code, exc.detail)
     except (ValueError, RecursionError) as exc:
@@ -283,8 +346,8 @@ def validate_line(raw: bytes | str) -> Fill | Rejection:
     if not isinstance(obj, dict):
         return Rejection(REPORT_NOT_OBJECT, f"a JSON {type(obj).__name__}, not an object")
     report_id = obj.get("report_id") if isinstance(obj.get("report_id"), str) else None
-    if report_id is not None and (len(report_id) > MAX_ID_LENGTH or _CONTROL.search(report_id)):
-        report_id = None  # never store an unbounded or control-laden id in the quarantine's id column
+    if report_id is not None and (len(report_id) > MAX_ID_LENGTH or _CONTROL.search(report_id) or _SURROGATE.search(report_id)):
+        report_id = None  # never store an unbounded, control-laden or unencodable id in the quarantine's id column
     # JSON forbids raw control characters in strings, so they can only arrive escaped (a backslash) or as DEL.
     may_have_control = "\\" in text or "\x7f" in text
     fast = _fast_fill(obj, may_have_control)
@@ -294,10 +357,14 @@ def validate_line(raw: bytes | str) -> Fill | Rejection:
         return _validate_object(obj, may_have_control)
     except _Invalid as exc:
         return Rejection(exc.code, exc.detail, report_id)
+    except Exception as exc:  # a case the checks above missed: still a quarantine row, never a stopped ingestion
+        return Rejection(REPORT_UNPROCESSABLE, f"validation failed: {type(exc).__name__}: {exc}"[:1000]
+                         .encode("utf-8", "backslashreplace").decode("utf-8"), report_id)
 
 
 def bounded_raw_text(raw: bytes | str) -> str:
     """The quarantined line as text, cut to MAX_RAW_TEXT characters and safe for any text column."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    # NUL is not storable in PostgreSQL text; keep it visible instead of losing the row.
-    return text[:MAX_RAW_TEXT].replace("\x00", "\\u0000")
+    # NUL is not storable in PostgreSQL text, nor a lone surrogate in any database: keep both visible as escapes.
+    text = text[:MAX_RAW_TEXT].encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\u0000")

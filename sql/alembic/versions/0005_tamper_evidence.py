@@ -25,7 +25,7 @@ from sqlalchemy.schema import CreateColumn
 from experimenttracker_pipeline.store.schema import APPEND_ONLY, DECLARATION_COLUMNS, sample_chain_anchors, signoffs
 
 revision = "0005_tamper_evidence"
-down_revision = "0003_pairing_watermark"
+down_revision = "0004_landing_identity"
 branch_labels = None
 depends_on = None
 
