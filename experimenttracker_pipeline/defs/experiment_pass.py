@@ -19,6 +19,7 @@ import dagster as dg
 from experimenttracker_pipeline.defs.causal_effects import causal_estimates, causal_metadata
 from experimenttracker_pipeline.defs.drift import drift_metadata, drift_signals
 from experimenttracker_pipeline.defs.intervals import confidence_intervals, intervals_metadata
+from experimenttracker_pipeline.defs.overview import log_overview
 from experimenttracker_pipeline.defs.partitions import progress, refuse_unknown, stop_run
 from experimenttracker_pipeline.defs.promotion import (
     PROMOTION_CHECK,
@@ -142,6 +143,8 @@ def _pass_step(index: int) -> dg.OpDefinition:
                     context.log.error(f"{experiment_id} failed at {outcome.failed_stage}: {outcome.error}")
                 outcomes.append(outcome)
             _log_checks(context, db, outcomes)
+            if any(o.verdict is not None or o.promotion is not None for o in outcomes):
+                log_overview(context, db, store.reports_dir)
         failed = {o.experiment_id: f"{o.failed_stage}: {o.error}" for o in outcomes if not o.ok}
         summary = (f"{len(outcomes)} experiments: {sum(o.paired for o in outcomes)} paired, "
                    f"{sum(o.evaluated for o in outcomes)} evaluated, {len(failed)} failed")

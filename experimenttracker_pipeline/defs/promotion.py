@@ -8,6 +8,7 @@ from experimenttracker_pipeline.defs.partitions import (
     experiment_partitions,
     for_each_experiment,
 )
+from experimenttracker_pipeline.defs.overview import log_overview
 from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource,
 )
@@ -29,8 +30,10 @@ def promotions(context: dg.AssetExecutionContext, store: ExperimentStoreResource
     """The promotion gate: a winning variant is promoted only with a human sign-off of that verdict report
     when one is required (require_human_signoff, or traffic_split_pct > 50); never on auto-promote alone."""
     db = store.get_store()
-    return for_each_experiment(context, db, lambda experiment_id: promotion_state(db, experiment_id, apply=True),
-                               promotion_metadata, ["state", "reason_code"])
+    result = for_each_experiment(context, db, lambda experiment_id: promotion_state(db, experiment_id, apply=True),
+                                 promotion_metadata, ["state", "reason_code"])
+    log_overview(context, db, store.reports_dir)  # the last asset of an experiment's chain: the overview is current
+    return result
 
 
 def promotion_metadata(result: PromotionResult) -> dict:

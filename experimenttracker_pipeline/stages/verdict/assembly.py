@@ -35,6 +35,7 @@ from experimenttracker_pipeline.stages.verdict.rule import (
 from experimenttracker_pipeline.stages.verdict.surface import FiredRule
 from experimenttracker_pipeline.stages.verdict.surface import decide as decide_surface
 from experimenttracker_pipeline.stages.verdict.surface import evaluate_stop_rules
+from experimenttracker_pipeline.stages.verdict.wording import reconcile_wording
 
 EXPERIMENT_RESULT = "EXPERIMENT_RESULT"
 EXPERIMENT_INSUFFICIENT_SAMPLES = "EXPERIMENT_INSUFFICIENT_SAMPLES"
@@ -58,6 +59,7 @@ def assemble_verdict(experiment: Experiment, evaluation: Mapping[str, Any], caus
     (``causal``, or None) and its governance status."""
     final = combine_verdict(experiment, evaluation, causal, policy_of(experiment))
     fired = judge_goal_surface(experiment, evaluation, final)
+    reconcile_wording(final)  # the plain English names the stop rules and harmed segments found above
     attach_governance(final, experiment, governance)
     return AssembledVerdict(final, fired, governance.promotion_blocked)
 
