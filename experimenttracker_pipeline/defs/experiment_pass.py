@@ -46,23 +46,24 @@ from experimenttracker_pipeline.stages.promotion.signoff import promotion_violat
 JOB_NAME = "experiment_pass_job"
 
 
-# (asset, outcome attribute, metadata function taking (store, result))
+# (asset, outcome attribute, metadata function taking (store, result, reports folder))
 _MATERIALIZED = (
-    (experiment_samples, "samples", lambda db, r: samples_metadata(r)),
-    (confidence_intervals, "intervals", intervals_metadata),
-    (causal_estimates, "causal", lambda db, r: causal_metadata(r)),
+    (experiment_samples, "samples", lambda db, r, d: samples_metadata(r)),
+    (confidence_intervals, "intervals", lambda db, r, d: intervals_metadata(db, r)),
+    (causal_estimates, "causal", lambda db, r, d: causal_metadata(r)),
     (verdicts, "verdict", verdict_metadata),
-    (drift_signals, "drift", lambda db, r: drift_metadata(r)),
-    (promotions, "promotion", lambda db, r: promotion_metadata(r)),
+    (drift_signals, "drift", lambda db, r, d: drift_metadata(r, db)),
+    (promotions, "promotion", lambda db, r, d: promotion_metadata(r)),
 )
 
 
-def _log_materializations(context: dg.OpExecutionContext, db, outcome: ExperimentOutcome) -> None:
+def _log_materializations(context: dg.OpExecutionContext, db, outcome: ExperimentOutcome,
+                          reports_dir: str | None = None) -> None:
     for asset, attribute, metadata in _MATERIALIZED:
         result = getattr(outcome, attribute)
         if result is not None:
             context.log_event(dg.AssetMaterialization(asset_key=asset.key, partition=outcome.experiment_id,
-                                                      metadata=metadata(db, result)))
+                                                      metadata=metadata(db, result, reports_dir)))
 
 
 def _latest_materializations(context: dg.OpExecutionContext, asset_key: dg.AssetKey, experiment_ids: list[str]) -> dict:
@@ -138,7 +139,7 @@ def _pass_step(index: int) -> dg.OpDefinition:
                     _log_checks(context, db, outcomes)
                     stop_run(context, progress(experiment_ids[:position], experiment_ids[position:]))
                 outcome = process_experiment(db, client, experiment_id, rule, newest)
-                _log_materializations(context, db, outcome)
+                _log_materializations(context, db, outcome, store.reports_dir)
                 if not outcome.ok:
                     context.log.error(f"{experiment_id} failed at {outcome.failed_stage}: {outcome.error}")
                 outcomes.append(outcome)

@@ -4,10 +4,13 @@ Not partitioned. Materialized by its own run, and logged by every run that chang
 experiment pass, a `verdicts` partition run, the sign-off job), so it is current when those runs end.
 """
 
+from pathlib import Path
+
 import dagster as dg
 
 from experimenttracker_pipeline.defs.resources import ExperimentStoreResource
 from experimenttracker_pipeline.stages.reporting import charts
+from experimenttracker_pipeline.stages.reporting.html_report import write_index
 from experimenttracker_pipeline.stages.reporting.overview import OVERVIEW_COLUMNS, overview_forest, overview_rows
 
 OVERVIEW_KEY = dg.AssetKey("experiments_overview")
@@ -33,7 +36,9 @@ def overview_metadata(db, reports_dir: str | None = None) -> dict:
     if forest:
         metadata["forest_plot"] = dg.MetadataValue.md(f"![deciding CIs](data:image/png;base64,{forest})")
     if reports_dir:
-        metadata["report_index"] = dg.MetadataValue.path(f"{reports_dir}/index.html")
+        index = write_index(db, Path(reports_dir))
+        metadata["report_index"] = dg.MetadataValue.path(str(index))
+        metadata["report_index_url"] = dg.MetadataValue.url(index.resolve().as_uri())
     return metadata
 
 

@@ -88,8 +88,10 @@ def supporting_intervals(verdict: Mapping[str, Any], causal: Mapping[str, Any] |
     def add(label: str, low: Any, high: Any, estimate: Any, note: str) -> None:
         lo, hi = _finite(low), _finite(high)
         if lo is not None and hi is not None:
+            # The paired intervals are symmetric around the paired mean: their midpoint is the estimate.
+            est = _finite(estimate)
             out.append({"name": SUPPORTING_LABEL, "label": label, "ci_95_low": lo, "ci_95_high": hi,
-                        "estimate_bps": _finite(estimate), "note": note})
+                        "estimate_bps": est if est is not None else (lo + hi) / 2, "note": note})
 
     if verdict.get("paired_ci_95_low") is not None:
         add("paired always-valid confidence sequence", verdict.get("paired_ci_95_low"), verdict.get("paired_ci_95_high"),

@@ -30,9 +30,13 @@ def verdict_history(store: Store, experiment_id: str) -> list[dict[str, Any]]:
                                 v.report_id, v.created_at).where(v.experiment_id == experiment_id).order_by(v.id))
 
 
-def drift_signal_states(store: Store) -> dict[str, dict[str, Any]]:
-    """The newest drift signal of every experiment: sent at, delivery status, attempts, delivered at, last error."""
+def drift_signal_states(store: Store, experiment_id: str | None = None) -> dict[str, dict[str, Any]]:
+    """The newest drift signal of every experiment (or of one): sent at, delivery status, attempts, delivered at,
+    last error."""
     s = strategy_registry_signals.c
-    rows = store.rows(sa.select(s.experiment_id, s.signal_type, s.delivery_status, s.attempts, s.last_error,
-                                s.created_at, s.delivered_at, s.id).order_by(s.id))
+    query = sa.select(s.experiment_id, s.signal_type, s.delivery_status, s.attempts, s.last_error,
+                      s.created_at, s.delivered_at, s.id).order_by(s.id)
+    if experiment_id is not None:
+        query = query.where(s.experiment_id == experiment_id)
+    rows = store.rows(query)
     return {r["experiment_id"]: r for r in rows}

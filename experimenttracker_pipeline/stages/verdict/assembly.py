@@ -26,6 +26,7 @@ import experimenttracker_pipeline.stats as st
 from experimenttracker_pipeline.model.experiment import Experiment
 from experimenttracker_pipeline.model.numbers import to_json
 from experimenttracker_pipeline.stages.governance.risk import GovernanceStatus
+from experimenttracker_pipeline.stages.reporting.deciding import DECIDING_CI, deciding_ci
 from experimenttracker_pipeline.stages.verdict.rule import (
     CONTROL_WINS,
     PLAIN_ENGLISH,
@@ -241,5 +242,7 @@ def result_payload(experiment: Experiment, final: Mapping[str, Any], evaluation_
         "non_inferiority": final.get("non_inferiority"),
         "non_inferiority_margins": final.get("non_inferiority_margins"),
         "look_samples": final.get("look_samples"),
+        # The interval the verdict was decided on, named as on every other surface, and why it is the one.
+        DECIDING_CI: {k: v for k, v in deciding_ci(final).items() if k != "name"},
     }
     return to_json(payload)
