@@ -98,12 +98,23 @@ def record_signoff(store: Store, experiment_id: str, approver: str, report_id: s
     return insert_signoff(store, experiment_id, report_id, report["verdict"], approver.strip(), note)
 
 
-def promotion_violations(store: Store) -> list[Any]:
-    """Promotions recorded without the sign-off their experiment requires (the blocking check's audit)."""
-    configs = {e["experiment_id"]: e for e in experiment_rows(store)}
+def promotion_violations(store: Store, experiment_id: str | None = None) -> list[Any]:
+    """Promotions recorded without the sign-off their experiment requires (the blocking check's audit), of every
+    experiment or of one."""
+    if experiment_id is None:
+        configs = {e["experiment_id"]: e for e in experiment_rows(store)}
+    else:
+        row = experiment_row(store, experiment_id)
+        configs = {experiment_id: row} if row else {}
     promoted = [{**p, "promoted_at": str(p["promoted_at"]), "traffic_split_pct": configs.get(p["experiment_id"], {}).get("traffic_split_pct")}
-                for p in promotions(store)]
-    signed = [{**s, "signed_at": str(s["signed_at"])} for s in signoffs(store)]
+                for p in promotions(store, experiment_id)]
+    signed = [{**s, "signed_at": str(s["signed_at"])} for s in signoffs(store, experiment_id)]
     return audit_promotions(promoted, signed, configs)
 
 
+
+
+def awaiting_signoff(store: Store) -> list[str]:
+    """The experiments whose latest verdict report waits for a human sign-off."""
+    return [e["experiment_id"] for e in experiment_rows(store)
+            if promotion_state(store, e["experiment_id"]).state == "awaiting_signoff"]
