@@ -58,7 +58,7 @@ def forest_plot(rows: Sequence[IntervalRow], title: str, xlabel: str = "edge del
                     xytext=(6, 0), textcoords="offset points", va="center", fontsize=9, color=color)
     if mde_bps:
         ax.axvspan(-abs(mde_bps), abs(mde_bps), color="#f1c40f", alpha=0.15, label=f"smaller than the MDE (±{abs(mde_bps):g} bps)")
-        ax.legend(loc="lower right", fontsize=9)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=9, frameon=False)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(ys)
     ax.set_yticklabels([r.label for r in rows], fontsize=10)
@@ -92,7 +92,7 @@ def fitted_range(points: Sequence[SequencePoint], focus_from_n: int, extra: Sequ
 
 def ci_over_time(points: Sequence[SequencePoint], *, title: str, mde_bps: float | None, decision_n: int | None,
                  decision_label: str, looks: Sequence[int] = (), deciding: tuple[float, float, float] | None = None,
-                 deciding_label: str = "deciding CI", min_samples: int = 0) -> bytes | None:
+                 deciding_label: str = "deciding CI", min_samples: int = 0, mde_label: str = "") -> bytes | None:
     """The confidence sequence narrowing with samples; the MDE band, the looks, the decision look and the deciding CI."""
     if len(points) < 2:
         return None
@@ -104,7 +104,8 @@ def ci_over_time(points: Sequence[SequencePoint], *, title: str, mde_bps: float 
     ax.axhline(0, color="black", lw=0.8)
     extra: list[float] = []
     if mde_bps:
-        ax.axhspan(-abs(mde_bps), abs(mde_bps), color="#f1c40f", alpha=0.18, label=f"smaller than the MDE (±{abs(mde_bps):g} bps)")
+        ax.axhspan(-abs(mde_bps), abs(mde_bps), color="#f1c40f", alpha=0.18,
+                   label=f"smaller than the MDE ({mde_label or f'±{abs(mde_bps):g} bps'})")
         extra += [-abs(mde_bps), abs(mde_bps)]
     for look in looks:
         ax.axvline(look, color="grey", lw=0.6, ls=":")
@@ -122,6 +123,6 @@ def ci_over_time(points: Sequence[SequencePoint], *, title: str, mde_bps: float 
     ax.set_ylabel("edge delta (bps)")
     ax.set_title(title + (f"  (y-axis fitted from {focus_from} samples on; earlier looks are clipped)" if focus_from > n[0] else ""),
                  fontsize=10)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)  # below: never over the CI
     ax.grid(alpha=0.3)
     return _png(fig)

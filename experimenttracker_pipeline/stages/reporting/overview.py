@@ -120,12 +120,27 @@ def overview_rows(store: Store) -> list[dict[str, Any]]:
 
 
 def _mde(exp: dict[str, Any]) -> float | None:
+    """The declared minimum detectable effect (statistics.mde_bps), or None."""
     try:
         from experimenttracker_pipeline.model.experiment import experiment_from_row
 
         return experiment_from_row(exp).statistics.mde_bps
     except Exception:  # noqa: BLE001 - a chart without the MDE band rather than no overview
         return None
+
+
+def mde_band(exp: dict[str, Any], evaluation: dict[str, Any] | None) -> tuple[float | None, str]:
+    """(MDE in bps, label): the declared MDE, else the effect a fixed-horizon test of the current sample size
+    detects with 80% power at alpha 0.05, (z_0.975 + z_0.8) * sd / sqrt(n)."""
+    declared = _mde(exp)
+    if declared:
+        return float(declared), f"declared MDE ±{declared:g} bps"
+    e = evaluation or {}
+    sd, n = e.get("sd_bps"), e.get("samples")
+    if not sd or not n:
+        return None, ""
+    value = (1.959964 + 0.841621) * float(sd) / float(n) ** 0.5
+    return value, f"MDE at {int(n)} samples, 80% power: ±{value:.2f} bps (none declared)"
 
 
 def overview_forest(rows: list[dict[str, Any]], limit: int = 40) -> bytes | None:
@@ -187,7 +202,8 @@ def ci_over_time_png(store: Store, experiment_id: str, evaluation: dict[str, Any
     ci = deciding_ci(verdict or evaluation)
     deciding = ((ci["estimate_bps"], ci["ci_95_low"], ci["ci_95_high"])
                 if None not in (ci["estimate_bps"], ci["ci_95_low"], ci["ci_95_high"]) else None)
-    return charts.ci_over_time(points, title=f"{experiment_id}: edge delta over samples", mde_bps=_mde(exp),
+    mde, mde_label = mde_band(exp, evaluation)
+    return charts.ci_over_time(points, title=f"{experiment_id}: edge delta over samples", mde_bps=mde, mde_label=mde_label,
                                decision_n=look_n, decision_label=label, looks=[int(h["samples"]) for h in history],
                                deciding=deciding, deciding_label=f"deciding CI ({ci['method']})",
                                min_samples=int(exp.get("min_samples_for_decision") or 0))
