@@ -57,7 +57,7 @@ class HeadlessChromium:
         page = next(t for t in targets if t["type"] == "page")
         from websockets.sync.client import connect
 
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30).__enter__()
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable")
         return self
