@@ -64,8 +64,12 @@ def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None) 
         "view_governance": dg.MetadataValue.md(views.get("governance", "")),
     }
     if reports_dir:
-        path = verdict_view.write_report(db, result.experiment_id, Path(reports_dir))
-        if path is not None:
+        # The HTML report follows the EXPERIMENT_RESULT reports: rewritten when one is emitted (or the file is
+        # missing), not at every look; the sign-off job and `experimenttracker report` rewrite it too.
+        path = Path(reports_dir) / f"{result.experiment_id}.html"
+        if result.report is not None or not path.exists():
+            path = verdict_view.write_report(db, result.experiment_id, Path(reports_dir))
+        if path is not None and path.exists():
             metadata["html_report"] = dg.MetadataValue.path(str(path))
             metadata["html_report_url"] = dg.MetadataValue.url(path.resolve().as_uri())
     return metadata
