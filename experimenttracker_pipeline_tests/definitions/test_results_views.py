@@ -97,6 +97,9 @@ def test_signoff_job_leaves_promotions_current(demo):
     assert _latest(instance, "promotions", "exp_sports_v2")["state"].value == "promoted"
     rows = {r.data["experiment_id"]: r.data for r in _latest(instance, "experiments_overview")["experiments"].records}
     assert rows["exp_sports_v2"]["promotion_state"] == "promoted"
+    report = (settings.data_dir / "reports" / "exp_sports_v2.html").read_text()
+    assert "<td>promoted</td>" in report and "alice" in report
+    assert "Promoted: sports-model-v2" in persona_views(store, "exp_sports_v2")["trader"]
     history = instance.event_log_storage.get_asset_check_execution_history(
         dg.AssetCheckKey(dg.AssetKey("promotions"), "promotions_have_signoff"), limit=20)
     assert any(h.partition == "exp_sports_v2" and h.status.value == "SUCCEEDED" for h in history)

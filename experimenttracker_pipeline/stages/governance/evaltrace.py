@@ -221,7 +221,11 @@ def _trader(data: Mapping[str, Any], _digest: str) -> str:
                 lines.append(f"- {_LABEL.get(m, m)}: {_fmt(est, m)} versus the current strategy "
                              f"(95% range {_fmt(lo, m)} to {_fmt(hi, m)}), from {ci['n']} paired fills.")
         lines.append("")
-    if data["governance"]["promotion_blocked"]:
+    promoted = [h for h in data["polb"]["history"] if h.get("event") == "promoted"]
+    if promoted:
+        last = promoted[-1]
+        lines.append(f"Promoted: {last.get('variant_slug')} on report {last.get('report_id')} ({last.get('at')}).")
+    elif data["governance"]["promotion_blocked"]:
         missing = ", ".join(data["governance"]["missing_roles"]) or "risk above the declared limit"
         lines.append(f"Promotion is blocked until the experiment is approved (missing: {missing}).")
     elif c["require_human_signoff"] and surface and surface.get("winner"):
