@@ -53,7 +53,7 @@ def intervals_metadata(db, result: IntervalsResult) -> dict:
             ("**chosen for this look**", f"**{method_name(e['ci_method'])}**", "ci_95_low", "ci_95_high", "p_value"),
             ("supporting evidence", "always-valid confidence sequence", "always_valid_ci_95_low", "always_valid_ci_95_high", "always_valid_p_value"),
             ("supporting evidence", "fixed-horizon t interval", "fixed_ci_95_low", "fixed_ci_95_high", "fixed_p_value")))
-    chart = charts.b64(ci_over_time_png(db, result.experiment_id, e))
+    chart = charts.b64(ci_over_time_png(db, result.experiment_id, e, verdict=e))  # this look, not the last verdict
     progress, srm = power_progress(e), srm_state(e)
     metadata = {
         "samples": e["samples"], "edge_delta_bps": number_or_null(r("edge_delta_bps")),
