@@ -1,7 +1,7 @@
 """experiments_overview: every experiment in one table with its deciding CI, and a forest plot (the reporting stage).
 
 Not partitioned. Materialized by its own run, and logged by every run that changes a verdict or a promotion (the
-experiment pass, a `verdicts` partition run, the sign-off job), so it is current when those runs end.
+experiment pass, a `promotions` partition run, the sign-off job), so it is current when those runs end.
 """
 
 from pathlib import Path
@@ -14,6 +14,7 @@ from experimenttracker_pipeline.stages.reporting.html_report import write_index
 from experimenttracker_pipeline.stages.reporting.overview import OVERVIEW_COLUMNS, overview_forest, overview_rows
 
 OVERVIEW_KEY = dg.AssetKey("experiments_overview")
+MAX_TABLE_ROWS = 300
 OVERVIEW_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(name, kind, description=description)
                                           for name, kind, description in OVERVIEW_COLUMNS])
 
@@ -21,7 +22,11 @@ OVERVIEW_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(name, kind, description
 def overview_metadata(db, reports_dir: str | None = None) -> dict:
     """The overview table (typed), its schema, row count, verdict counts and the forest plot of deciding CIs."""
     rows = overview_rows(db)
-    records = [dg.TableRecord({name: row[name] for name, _, _ in OVERVIEW_COLUMNS}) for row in rows]
+    # The event log keeps every materialization's metadata: past a few hundred rows the table shows the experiments
+    # with the newest samples; the index page lists them all.
+    shown = rows if len(rows) <= MAX_TABLE_ROWS else sorted(
+        rows, key=lambda r: r["last_sample_at"] or "", reverse=True)[:MAX_TABLE_ROWS]
+    records = [dg.TableRecord({name: row[name] for name, _, _ in OVERVIEW_COLUMNS}) for row in shown]
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
@@ -29,6 +34,7 @@ def overview_metadata(db, reports_dir: str | None = None) -> dict:
         "experiments": dg.MetadataValue.table(records=records, schema=OVERVIEW_SCHEMA),
         "dagster/column_schema": OVERVIEW_SCHEMA,
         "dagster/row_count": len(rows),
+        "rows_shown": len(shown),
         "verdict_counts": dg.MetadataValue.md("| verdict | experiments |\n|---|---|\n" + "\n".join(
             f"| {k} | {v} |" for k, v in sorted(counts.items()))),
     }
