@@ -59,7 +59,9 @@ def causal_metadata(run: CausalRun) -> dict:
         if value:
             rows.append(f"| {name} | {_n(value.get('estimate_bps'))} | {_n(value.get('ci_95_low'))} | "
                         f"{_n(value.get('ci_95_high'))} | {_n(value.get('se'), 3)} |")
-    ate = "| method | estimate (bps) | CI low | CI high | SE |\n|---|---|---|---|---|\n" + "\n".join(rows) if rows else "n/a"
+    ate = ("| method | estimate (bps) | CI low | CI high | SE |\n|---|---|---|---|---|\n" + "\n".join(rows)
+           + "\n\nSingle-look intervals (supporting evidence): the verdict's **deciding CI** is on the `verdicts` page."
+           if rows else "n/a")
     segments = "| segment | n | estimate | CI low | CI high | harmed |\n|---|---|---|---|---|---|\n" + "\n".join(
         f"| {s.get('covariate')}={s.get('value')} | {s.get('n')} | {_n(s.get('estimate_bps'))} | {_n(s.get('ci_95_low'))} | "
         f"{_n(s.get('ci_95_high'))} | {'**HARMED**' if s.get('harmed') else ''} |" for s in r.get("segments") or [])

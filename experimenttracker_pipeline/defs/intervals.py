@@ -50,9 +50,12 @@ def intervals_metadata(db, result: IntervalsResult) -> dict:
     r = lambda key, digits=3: rounded(e.get(key), digits)  # noqa: E731
     table = "| role | interval | 95% interval | p |\n|---|---|---|---|\n" + "\n".join(
         f"| {role} | {name} | {fmt_interval(e.get(lo), e.get(hi))} | {_p(e.get(p))} |" for role, name, lo, hi, p in (
-            ("**chosen for this look**", f"**{method_name(e['ci_method'])}**", "ci_95_low", "ci_95_high", "p_value"),
+            ("**this look's paired interval**", f"**{method_name(e['ci_method'])}**", "ci_95_low", "ci_95_high", "p_value"),
             ("supporting evidence", "always-valid confidence sequence", "always_valid_ci_95_low", "always_valid_ci_95_high", "always_valid_p_value"),
             ("supporting evidence", "fixed-horizon t interval", "fixed_ci_95_low", "fixed_ci_95_high", "fixed_p_value")))
+    table += ("\n\nThe verdict's **deciding CI** is shown first on the `verdicts` page; for a limited-live experiment "
+              "whose routing was not uniformly random it is the AIPW estimate, and these paired intervals are "
+              "supporting evidence.")
     chart = charts.b64(ci_over_time_png(db, result.experiment_id, e, verdict=e))  # this look, not the last verdict
     progress, srm = power_progress(e), srm_state(e)
     metadata = {
