@@ -324,6 +324,28 @@ def _causal_summary(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result[key] for key in keep if key in result}
 
 
+def _refresh_after_signoff(settings: Settings, store: Store, experiment_id: str, result) -> None:
+    """Make the Dagster UI current after a sign-off from the command line, as the sign-off job does: the
+    experiment's promotions partition and the overview (runless events in the same instance), and its HTML report.
+    The sign-off itself is recorded already; a failure here is reported, not fatal."""
+    import dagster as dg
+
+    from experimenttracker_pipeline.defs.overview import overview_materialization
+    from experimenttracker_pipeline.defs.promotion import promotion_metadata
+    from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report
+
+    reports_dir = settings.data_dir / "reports"
+    try:
+        instance = _dagster_instance(settings)
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key="promotions", partition=experiment_id, metadata=promotion_metadata(result)))
+        write_experiment_report(store, experiment_id, reports_dir / f"{experiment_id}.html")
+        instance.report_runless_asset_event(overview_materialization(store, str(reports_dir)))
+    except Exception as exc:  # noqa: BLE001 - the sign-off stands; the views catch up at the next evaluation
+        print(f"experimenttracker: signed off, but the Dagster views were not refreshed: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+
+
 def _report(settings: Settings, experiment_id: str, out: str | None) -> int:
     from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report, write_index
 
@@ -459,6 +481,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             result = promotion_state(store, args.experiment_id, apply=True)
             print(f"signed off {args.report_id} ({record['verdict']}) for {args.experiment_id} by {record['approver']}; "
                   f"promotion: {result.state} ({result.reason_code}: {result.detail})")
+            _refresh_after_signoff(settings, store, args.experiment_id, result)
             return 0
         if args.command == "dagster-home":
             from experimenttracker_pipeline.orchestration.instance import (
