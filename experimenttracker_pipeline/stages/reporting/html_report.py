@@ -48,7 +48,7 @@ th{background:#f3f5f8}tr.deciding td{background:#eef6ee;font-weight:600}td.num{t
 .verdict{display:inline-block;padding:3px 10px;border-radius:4px;background:#eee;font-weight:600}
 .variant_wins{background:#d4f0d4}.control_wins,.harm_detected,.guardrail_violated{background:#f6d5d5}
 .summary{font-size:1.05em;background:#f8f8fb;border-left:4px solid #1f5fa8;padding:8px 12px}
-img.chart{max-width:100%;height:auto;border:1px solid #eee}pre{background:#f6f6f6;padding:10px;overflow-x:auto;font-size:0.85em}
+img.chart{max-width:100%;height:auto;border:1px solid #eee}pre{background:#f6f6f6;padding:10px;white-space:pre-wrap;word-break:break-word;font-size:0.85em}
 .muted{color:#666}
 """
 
