@@ -24,11 +24,13 @@ PYTEST := $(BIN)/pytest -n 2 --dist loadfile -q -p no:cacheprovider
 TESTS := experimenttracker_pipeline_tests
 
 # The live tests need nats-server (they start private ones) and promtool/prometheus: installed when missing. The
-# Celery test needs Redis on 127.0.0.1:6379 (its broker): installed and started when missing.
+# Celery test needs Redis on 127.0.0.1:6379 (its broker): installed and started when missing. The browser tests open
+# the HTML reports and the Dagster UI in Debian's headless chromium: installed when missing.
 live-tools:
 	@command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || apt-get install -y nats-server
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt-get install -y prometheus
 	@command -v redis-server >/dev/null 2>&1 || apt-get install -y redis-server
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || apt-get install -y chromium
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --bind 127.0.0.1 --port 6379 --daemonize yes >/dev/null
 
 test: $(STAMP) live-tools

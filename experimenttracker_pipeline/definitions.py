@@ -11,6 +11,7 @@ from experimenttracker_pipeline.defs.drift import drift_signals
 from experimenttracker_pipeline.defs.ingestion import raw_reports
 from experimenttracker_pipeline.defs.intervals import confidence_intervals
 from experimenttracker_pipeline.defs.experiment_pass import build_experiment_pass_job
+from experimenttracker_pipeline.defs.overview import experiments_overview
 from experimenttracker_pipeline.defs.jobs import declarations_job, experiment_job, ingest_job, reports_job
 from experimenttracker_pipeline.defs.promotion import promotions, promotions_have_signoff, signoff_job
 from experimenttracker_pipeline.defs.resources import build_resources
@@ -20,7 +21,7 @@ from experimenttracker_pipeline.defs.verdict import verdicts
 from experimenttracker_pipeline.settings import Settings
 
 ASSETS = [experiments, raw_reports, experiment_samples, confidence_intervals, causal_estimates, verdicts, drift_signals,
-          promotions]
+          promotions, experiments_overview]
 ASSET_CHECKS = [samples_hash_chain_intact, promotions_have_signoff]
 JOBS = [ingest_job, declarations_job, reports_job, experiment_job, signoff_job, signal_delivery_job, report_relay_job]
 

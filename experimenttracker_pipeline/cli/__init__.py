@@ -25,6 +25,7 @@ from experimenttracker_pipeline.stages.promotion.signoff import SignoffError, pr
 from experimenttracker_pipeline.store import Store, StoreUnavailable
 from experimenttracker_pipeline.store.migrations import MigrationError
 from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal_all
+from experimenttracker_pipeline.stages.reporting.deciding import deciding_ci, fmt_interval, supporting_intervals
 from experimenttracker_pipeline.stages.declarations.queries import experiment_row, experiment_rows, set_experiment_status
 from experimenttracker_pipeline.stages.drift.queries import signals
 from experimenttracker_pipeline.stages.ingestion.queries import landing_state, newest_batch_by_slug
@@ -315,6 +316,11 @@ def status_rows(store: Store) -> list[dict[str, Any]]:
                 "power", "reason_codes", "plain_english")})
             row["samples_evaluated"] = v.get("samples")
             row["ci_method"] = v.get("basis")
+            # The same name on every surface: the one interval the verdict was decided on, then the others.
+            row["deciding_ci"] = {k: ci[k] for k in ("method", "method_name", "estimate_bps", "ci_95_low", "ci_95_high", "why")
+                                  } if (ci := deciding_ci(v)) else None
+            causal_doc = json.loads(causal[exp["experiment_id"]]["result_json"]) if exp["experiment_id"] in causal else None
+            row["supporting_evidence"] = supporting_intervals(v, causal_doc)
             row["drift_signalled"] = exp["experiment_id"] in signal_rows
             signal = signal_rows.get(exp["experiment_id"])
             row["drift_delivery"] = signal["delivery_status"] if signal else None
@@ -333,12 +339,56 @@ def _causal_summary(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result[key] for key in keep if key in result}
 
 
+def _refresh_after_signoff(settings: Settings, store: Store, experiment_id: str, result) -> None:
+    """Make the Dagster UI current after a sign-off from the command line, as the sign-off job does: the
+    experiment's promotions partition and the overview (runless events in the same instance), and its HTML report.
+    The sign-off itself is recorded already; a failure here is reported, not fatal."""
+    import dagster as dg
+
+    from experimenttracker_pipeline.defs.overview import overview_materialization
+    from experimenttracker_pipeline.defs.promotion import promotion_metadata
+    from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report
+
+    reports_dir = settings.data_dir / "reports"
+    try:
+        instance = _dagster_instance(settings)
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key="promotions", partition=experiment_id, metadata=promotion_metadata(result)))
+        write_experiment_report(store, experiment_id, reports_dir / f"{experiment_id}.html")
+        instance.report_runless_asset_event(overview_materialization(store, str(reports_dir)))
+    except Exception as exc:  # noqa: BLE001 - the sign-off stands; the views catch up at the next evaluation
+        print(f"experimenttracker: signed off, but the Dagster views were not refreshed: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+
+
+def _report(settings: Settings, experiment_id: str, out: str | None) -> int:
+    from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report, write_index
+
+    store = _store(settings)
+    if experiment_row(store, experiment_id) is None:
+        raise CliError(f"no such experiment: {experiment_id}")
+    path = Path(out).resolve() if out else settings.data_dir / "reports" / f"{experiment_id}.html"
+    if path.is_dir():
+        raise CliError(f"--out {path} is a folder; name the HTML file to write")
+    if write_experiment_report(store, experiment_id, path) is None:
+        raise CliError(f"{experiment_id} has no verdict yet; run `experimenttracker run` first")
+    index = write_index(store, path.parent)
+    print(f"wrote {path} (index of all experiments: {index})")
+    return 0
+
+
 def _print_table(rows: list[dict[str, Any]], out) -> None:
     columns = ["experiment_id", "mode", "samples", "orphans", "last_sample_at"]
-    extra = [c for c in ("verdict", "ci_method", "ci_95_low", "ci_95_high", "edge_delta_bps", "drift_signalled", "promotion_state")
+    extra = [c for c in ("verdict", "deciding_ci", "ci_method", "edge_delta_bps", "drift_signalled", "promotion_state")
              if any(c in r for r in rows)]
     columns += extra
-    table = [[("" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r[c]))) for c in columns] for r in rows]
+
+    def cell(r: dict[str, Any], c: str) -> str:
+        if c == "deciding_ci" and r.get(c):
+            return fmt_interval(r[c]["ci_95_low"], r[c]["ci_95_high"])
+        return "" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r[c]))
+
+    table = [[cell(r, c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=out)
     for t in table:
@@ -366,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     backfill.add_argument("--experiments", help="folder of historical declarations (default: the experiments folder)")
     backfill.add_argument("--per-run", type=int, default=25, help="experiments per run (default 25)")
     backfill.add_argument("--verbose", action="store_true")
+    report = sub.add_parser("report", help="write the self-contained HTML report of one experiment (and the index "
+                                           "of all experiments next to it)")
+    report.add_argument("experiment_id")
+    report.add_argument("--out", default=None, help="HTML file to write (default: <data>/reports/EXPERIMENT_ID.html)")
     status = sub.add_parser("status", help="one row per experiment")
     status.add_argument("--json", action="store_true", help="print a JSON array of objects")
     sub.add_parser("migrate", help="apply pending database migrations and print what ran")
@@ -434,6 +488,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             else:
                 _print_table(rows, sys.stdout)
             return 0
+        if args.command == "report":
+            return _report(settings, args.experiment_id, args.out)
         if args.command == "signoff":
             store = _store(settings)
             try:
@@ -443,6 +499,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             result = promotion_state(store, args.experiment_id, apply=True)
             print(f"signed off {args.report_id} ({record['verdict']}) for {args.experiment_id} by {record['approver']}; "
                   f"promotion: {result.state} ({result.reason_code}: {result.detail})")
+            _refresh_after_signoff(settings, store, args.experiment_id, result)
             return 0
         if args.command == "dagster-home":
             from experimenttracker_pipeline.orchestration.instance import (

@@ -16,6 +16,7 @@ from experimenttracker_pipeline.stages.causal_effects.estimation import (
     compute_causal,
 )
 from experimenttracker_pipeline.defs.metadata import number_or_null
+from experimenttracker_pipeline.stages.reporting.deciding import rounded
 from experimenttracker_pipeline.defs.intervals import confidence_intervals
 
 
@@ -30,25 +31,53 @@ def causal_estimates(context: dg.AssetExecutionContext, store: ExperimentStoreRe
                                ["causal_id"])
 
 
+def _n(value, digits: int = 2) -> str:
+    number = rounded(value, digits)
+    return "n/a" if number is None else f"{number:g}"
+
+
+def _reading(value) -> str:
+    """A diagnostic value for reading: numbers rounded, mappings and lists flattened (no JSON braces)."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, (int, float)):
+        return _n(value, 3)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_reading(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " to ".join(_reading(v) for v in value) if len(value) == 2 else ", ".join(_reading(v) for v in value)
+    return str(value)
+
+
 def causal_metadata(run: CausalRun) -> dict:
+    """Metadata of one causal_estimates materialization: tables in markdown, numbers rounded for reading (the store
+    keeps full precision)."""
     r = run.result
     rows = []
     for name in ("naive_diff", "ipw", "aipw", "paired"):
         value = r.get(name) if isinstance(r.get(name), dict) else None
         if value:
-            rows.append(f"| {name} | {value.get('estimate_bps')} | {value.get('ci_95_low')} | {value.get('ci_95_high')} | {value.get('se')} |")
-    ate = "| method | estimate (bps) | CI low | CI high | SE |\n|---|---|---|---|---|\n" + "\n".join(rows) if rows else "n/a"
+            rows.append(f"| {name} | {_n(value.get('estimate_bps'))} | {_n(value.get('ci_95_low'))} | "
+                        f"{_n(value.get('ci_95_high'))} | {_n(value.get('se'), 3)} |")
+    ate = ("| method | estimate (bps) | CI low | CI high | SE |\n|---|---|---|---|---|\n" + "\n".join(rows)
+           + "\n\nSingle-look intervals (supporting evidence): the verdict's **deciding CI** is on the `verdicts` page."
+           if rows else "n/a")
     segments = "| segment | n | estimate | CI low | CI high | harmed |\n|---|---|---|---|---|---|\n" + "\n".join(
-        f"| {s.get('covariate')}={s.get('value')} | {s.get('n')} | {s.get('estimate_bps')} | {s.get('ci_95_low')} | "
-        f"{s.get('ci_95_high')} | {'**HARMED**' if s.get('harmed') else ''} |" for s in r.get("segments") or [])
+        f"| {s.get('covariate')}={s.get('value')} | {s.get('n')} | {_n(s.get('estimate_bps'))} | {_n(s.get('ci_95_low'))} | "
+        f"{_n(s.get('ci_95_high'))} | {'**HARMED**' if s.get('harmed') else ''} |" for s in r.get("segments") or [])
     aipw = r.get("aipw") or {}
+    overlap = r.get("overlap") or {}
+    overlap_md = ("| diagnostic | value |\n|---|---|\n" + "\n".join(
+        f"| {k.replace('_', ' ')} | {_reading(v)} |"
+        for k, v in sorted(overlap.items()))) if overlap else "No overlap diagnostics (paired design)."
+    harmed = r.get("harmed_segments") or []
+    warnings = r.get("warnings") or []
     return {
-        "aipw_estimate_bps": number_or_null(aipw.get("estimate_bps")), "naive_diff_bps": number_or_null(r.get("naive_diff_bps")),
-        "harmed_segments": dg.MetadataValue.json(r.get("harmed_segments") or []),
-        "warnings": dg.MetadataValue.json(r.get("warnings") or []),
-        "overlap": dg.MetadataValue.json(r.get("overlap") or {}),
+        "aipw_estimate_bps": number_or_null(rounded(aipw.get("estimate_bps"), 3)),
+        "naive_diff_bps": number_or_null(rounded(r.get("naive_diff_bps"), 3)),
+        "harmed_segments": dg.MetadataValue.md("\n".join(f"- {h}" for h in harmed) if harmed else "None."),
+        "warnings": dg.MetadataValue.md("\n".join(f"- `{w}`" for w in warnings) if warnings else "None."),
+        "overlap": dg.MetadataValue.md(overlap_md),
         "ate_by_method": dg.MetadataValue.md(ate), "segments": dg.MetadataValue.md(segments),
         "causal_id": run.causal_id,
     }
-
-

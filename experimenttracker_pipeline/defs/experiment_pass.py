@@ -19,6 +19,8 @@ import dagster as dg
 from experimenttracker_pipeline.defs.causal_effects import causal_estimates, causal_metadata
 from experimenttracker_pipeline.defs.drift import drift_metadata, drift_signals
 from experimenttracker_pipeline.defs.intervals import confidence_intervals, intervals_metadata
+from experimenttracker_pipeline.defs.check_events import latest_materializations, log_partition_check
+from experimenttracker_pipeline.defs.overview import log_overview
 from experimenttracker_pipeline.defs.partitions import progress, refuse_unknown, stop_run
 from experimenttracker_pipeline.defs.promotion import (
     PROMOTION_CHECK,
@@ -41,70 +43,49 @@ from experimenttracker_pipeline.orchestration.instance import pool_storage_conne
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.stages.ingestion.queries import newest_batch_by_slug
 from experimenttracker_pipeline.stages.promotion.signoff import promotion_violations
+from experimenttracker_pipeline.stages.samples.queries import sample_head
 
 JOB_NAME = "experiment_pass_job"
 
 
-# (asset, outcome attribute, metadata function taking (store, result))
+# (asset, outcome attribute, metadata function taking (store, result, reports folder))
 _MATERIALIZED = (
-    (experiment_samples, "samples", lambda db, r: samples_metadata(r)),
-    (confidence_intervals, "intervals", intervals_metadata),
-    (causal_estimates, "causal", lambda db, r: causal_metadata(r)),
+    (experiment_samples, "samples", lambda db, r, d: samples_metadata(r)),
+    (confidence_intervals, "intervals", lambda db, r, d: intervals_metadata(db, r)),
+    (causal_estimates, "causal", lambda db, r, d: causal_metadata(r)),
     (verdicts, "verdict", verdict_metadata),
-    (drift_signals, "drift", lambda db, r: drift_metadata(r)),
-    (promotions, "promotion", lambda db, r: promotion_metadata(r)),
+    (drift_signals, "drift", lambda db, r, d: drift_metadata(r, db)),
+    (promotions, "promotion", lambda db, r, d: promotion_metadata(r)),
 )
 
 
-def _log_materializations(context: dg.OpExecutionContext, db, outcome: ExperimentOutcome) -> None:
+def _log_materializations(context: dg.OpExecutionContext, db, outcome: ExperimentOutcome,
+                          reports_dir: str | None = None) -> None:
     for asset, attribute, metadata in _MATERIALIZED:
         result = getattr(outcome, attribute)
         if result is not None:
             context.log_event(dg.AssetMaterialization(asset_key=asset.key, partition=outcome.experiment_id,
-                                                      metadata=metadata(db, result)))
-
-
-def _latest_materializations(context: dg.OpExecutionContext, asset_key: dg.AssetKey, experiment_ids: list[str]) -> dict:
-    """partition -> this run's materialization record of ``asset_key`` (one query for all of them)."""
-    if not experiment_ids:
-        return {}
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=experiment_ids), limit=len(experiment_ids)).records
-    return {r.partition_key: r for r in records if r.run_id == context.run.run_id}
-
-
-def _log_check(context: dg.OpExecutionContext, asset_key: dg.AssetKey, check_name: str, record,
-               result: dg.AssetCheckResult) -> None:
-    # The UI counts a partition's check result only when it points at the partition's latest materialization.
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # not exported in 1.13
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-
-    context.log_event(dg.AssetCheckEvaluation(
-        asset_key=asset_key, check_name=check_name, passed=result.passed, partition=record.partition_key,
-        metadata=result.metadata, description=result.description,
-        target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
-            storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp)))
+                                                      metadata=metadata(db, result, reports_dir)))
 
 
 def _log_checks(context: dg.OpExecutionContext, db, outcomes: list[ExperimentOutcome]) -> None:
+    """Each experiment's own check results (chain intact, sign-off present), pointing at this run's materializations."""
+    run_id = context.run.run_id
     paired = [o for o in outcomes if o.samples is not None]
-    records = _latest_materializations(context, experiment_samples.key, [o.experiment_id for o in paired])
+    records = latest_materializations(context, experiment_samples.key, [o.experiment_id for o in paired], run_id)
     for outcome in paired:
-        broken = {} if outcome.chain_break is None else {outcome.experiment_id: {
-            "first_broken_sample_n": outcome.chain_break.sample_n, "problem": outcome.chain_break.problem}}
         if outcome.experiment_id in records:
-            _log_check(context, experiment_samples.key, SAMPLES_CHAIN_CHECK, records[outcome.experiment_id],
-                       chain_check_result(1, outcome.chain_checked or 0, broken))
+            result = chain_check_result(outcome.experiment_id, outcome.chain_checked or 0, outcome.chain_break,
+                                        sample_head(db, outcome.experiment_id))
+            log_partition_check(context, experiment_samples.key, SAMPLES_CHAIN_CHECK, outcome.experiment_id,
+                                records[outcome.experiment_id], result)
     gated = [o for o in outcomes if o.promotion is not None]
-    if not gated:
-        return
-    records = _latest_materializations(context, promotions.key, [o.experiment_id for o in gated])
-    violations = promotion_violations(db)
+    records = latest_materializations(context, promotions.key, [o.experiment_id for o in gated], run_id)
     for outcome in gated:
         if outcome.experiment_id in records:
-            mine = [v for v in violations if v.experiment_id in (outcome.experiment_id, None)]
-            _log_check(context, promotions.key, PROMOTION_CHECK, records[outcome.experiment_id], signoff_check_result(mine))
+            result = signoff_check_result(outcome.experiment_id, promotion_violations(db, outcome.experiment_id))
+            log_partition_check(context, promotions.key, PROMOTION_CHECK, outcome.experiment_id,
+                                records[outcome.experiment_id], result)
 
 
 STEP_CONFIG = {
@@ -137,11 +118,13 @@ def _pass_step(index: int) -> dg.OpDefinition:
                     _log_checks(context, db, outcomes)
                     stop_run(context, progress(experiment_ids[:position], experiment_ids[position:]))
                 outcome = process_experiment(db, client, experiment_id, rule, newest)
-                _log_materializations(context, db, outcome)
+                _log_materializations(context, db, outcome, store.reports_dir)
                 if not outcome.ok:
                     context.log.error(f"{experiment_id} failed at {outcome.failed_stage}: {outcome.error}")
                 outcomes.append(outcome)
             _log_checks(context, db, outcomes)
+            if any(o.verdict is not None or o.promotion is not None for o in outcomes):
+                log_overview(context, db, store.reports_dir)
         failed = {o.experiment_id: f"{o.failed_stage}: {o.error}" for o in outcomes if not o.ok}
         summary = (f"{len(outcomes)} experiments: {sum(o.paired for o in outcomes)} paired, "
                    f"{sum(o.evaluated for o in outcomes)} evaluated, {len(failed)} failed")

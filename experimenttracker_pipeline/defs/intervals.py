@@ -1,7 +1,5 @@
 """confidence_intervals: one look per experiment partition (the intervals stage)."""
 
-import base64
-import io
 import time
 
 import dagster as dg
@@ -20,38 +18,10 @@ from experimenttracker_pipeline.stages.intervals.evaluation import (
     compute_intervals,
 )
 from experimenttracker_pipeline.defs.metadata import number_or_null
-from experimenttracker_pipeline.stages.intervals.queries import cumulative_delta_stats
-
-
-def _ci_chart(store, experiment_id: str, evaluation: dict) -> str | None:
-    """A small PNG of the confidence sequence narrowing over samples (markdown-embedded), drawn from ~200
-    cumulative checkpoints aggregated in SQL."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import experimenttracker_pipeline.stats as st
-
-    checkpoints = [st.SufficientStats(*c) for c in cumulative_delta_stats(store, experiment_id, int(evaluation["samples"]))]
-    checkpoints = [c for c in checkpoints if c.n >= 2]
-    if len(checkpoints) < 2:
-        return None
-    tuning = evaluation.get("tuning_samples") or 100
-    intervals = [st.confidence_sequence(c, evaluation.get("alpha") or 0.05, n_tune=tuning) for c in checkpoints]
-    n = [c.n for c in checkpoints]
-    fig, ax = plt.subplots(figsize=(4.5, 2.4), dpi=80)
-    ax.fill_between(n, [i.low for i in intervals], [i.high for i in intervals], alpha=0.3, label="always-valid 95%")
-    ax.plot(n, [i.estimate for i in intervals], lw=1)
-    ax.axhline(0, color="black", lw=0.6)
-    ax.set_xlabel("samples")
-    ax.set_ylabel("edge delta (bps)")
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+from experimenttracker_pipeline.stages.reporting import charts
+from experimenttracker_pipeline.stages.reporting.deciding import fmt_bps, fmt_interval, method_name, rounded
+from experimenttracker_pipeline.stages.reporting.overview import ci_over_time_png, power_progress, srm_state
+from experimenttracker_pipeline.stages.reporting.verdict_view import power_markdown, srm_markdown
 
 
 @dg.asset(partitions_def=experiment_partitions, deps=[experiment_samples], group_name="decision", kinds={"python", "sql"},
@@ -72,23 +42,47 @@ def confidence_intervals(context: dg.AssetExecutionContext, store: ExperimentSto
 
 
 def intervals_metadata(db, result: IntervalsResult) -> dict:
-    """Metadata of one experiment's confidence_intervals materialization."""
+    """Metadata of one experiment's confidence_intervals materialization: the chosen interval first, the others as
+    supporting evidence, SRM and power progress on every look, the CI-over-time chart (1000x500, y-axis fitted to
+    the looks that matter, MDE band and decision look marked). Numbers rounded for reading; the store keeps full
+    precision."""
     e = result.evaluation
-    table = "| interval | low | high | p |\n|---|---|---|---|\n" + "\n".join(
-        f"| {name} | {e.get(lo)} | {e.get(hi)} | {e.get(p)} |" for name, lo, hi, p in (
-            (f"chosen ({e['ci_method']})", "ci_95_low", "ci_95_high", "p_value"),
-            ("always-valid", "always_valid_ci_95_low", "always_valid_ci_95_high", "always_valid_p_value"),
-            ("fixed-horizon t", "fixed_ci_95_low", "fixed_ci_95_high", "fixed_p_value")))
-    chart = _ci_chart(db, result.experiment_id, e)
-    if chart:
-        table += f"\n\n![confidence sequence](data:image/png;base64,{chart})"
-    return {
-        "samples": e["samples"], "edge_delta_bps": number_or_null(e["edge_delta_bps"]),
-        "ci_95_low": number_or_null(e["ci_95_low"]), "ci_95_high": number_or_null(e["ci_95_high"]),
-        "fixed_ci_95_low": number_or_null(e["fixed_ci_95_low"]), "fixed_ci_95_high": number_or_null(e["fixed_ci_95_high"]),
-        "p_value": number_or_null(e["p_value"]), "fixed_p_value": number_or_null(e["fixed_p_value"]), "power": number_or_null(e.get("power")),
+    r = lambda key, digits=3: rounded(e.get(key), digits)  # noqa: E731
+    table = "| role | interval | 95% interval | p |\n|---|---|---|---|\n" + "\n".join(
+        f"| {role} | {name} | {fmt_interval(e.get(lo), e.get(hi))} | {_p(e.get(p))} |" for role, name, lo, hi, p in (
+            ("**this look's paired interval**", f"**{method_name(e['ci_method'])}**", "ci_95_low", "ci_95_high", "p_value"),
+            ("supporting evidence", "always-valid confidence sequence", "always_valid_ci_95_low", "always_valid_ci_95_high", "always_valid_p_value"),
+            ("supporting evidence", "fixed-horizon t interval", "fixed_ci_95_low", "fixed_ci_95_high", "fixed_p_value")))
+    table += ("\n\nThe verdict's **deciding CI** is shown first on the `verdicts` page; for a limited-live experiment "
+              "whose routing was not uniformly random it is the AIPW estimate, and these paired intervals are "
+              "supporting evidence.")
+    chart = charts.b64(ci_over_time_png(db, result.experiment_id, e, verdict=e))  # this look, not the last verdict
+    progress, srm = power_progress(e), srm_state(e)
+    metadata = {
+        "samples": e["samples"], "edge_delta_bps": number_or_null(r("edge_delta_bps")),
+        "ci_95_low": number_or_null(r("ci_95_low")), "ci_95_high": number_or_null(r("ci_95_high")),
+        "fixed_ci_95_low": number_or_null(r("fixed_ci_95_low")), "fixed_ci_95_high": number_or_null(r("fixed_ci_95_high")),
+        "p_value": number_or_null(r("p_value", 4)), "fixed_p_value": number_or_null(r("fixed_p_value", 4)),
+        "power": number_or_null(progress["power"]), "required_samples": number_or_null(progress["required_samples"]),
+        "expected_days_to_decision": number_or_null(progress["expected_days"]),
+        "power_progress": dg.MetadataValue.md(power_markdown(progress)),
+        "srm": dg.MetadataValue.md(srm_markdown(srm)), "srm_p_value": number_or_null(srm["p_value"]),
         "ci_method": e["ci_method"], "evaluation_id": result.evaluation_id, "intervals": dg.MetadataValue.md(table),
-        "metrics": dg.MetadataValue.json(e["metrics"]),
-        "chance_to_beat_control": number_or_null((e.get("bayesian") or {}).get("chance_to_beat_control")),
-        "variance_reduction": number_or_null((e.get("regression_adjustment") or {}).get("variance_reduction")),
+        "metrics": dg.MetadataValue.md(_metrics_md(e.get("metrics") or {})),
+        "chance_to_beat_control": number_or_null(rounded((e.get("bayesian") or {}).get("chance_to_beat_control"), 4)),
+        "variance_reduction": number_or_null(rounded((e.get("regression_adjustment") or {}).get("variance_reduction"), 4)),
     }
+    if chart:
+        metadata["ci_over_time"] = dg.MetadataValue.md(f"![confidence sequence over samples](data:image/png;base64,{chart})")
+    return metadata
+
+
+def _p(value) -> str:
+    number = rounded(value, 4)
+    return "n/a" if number is None else ("< 0.0001" if number == 0 else f"{number}")
+
+
+def _metrics_md(metrics: dict) -> str:
+    rows = [f"| {name} | {fmt_bps(ci.get('estimate'))} | {fmt_interval(ci.get('ci_95_low'), ci.get('ci_95_high'))} | {ci.get('n', 'n/a')} |"
+            for name, ci in sorted(metrics.items()) if isinstance(ci, dict)]
+    return "| metric | estimate | 95% interval | n |\n|---|---|---|---|\n" + "\n".join(rows) if rows else "No per-metric CIs."

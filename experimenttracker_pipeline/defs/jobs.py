@@ -23,7 +23,8 @@ reports_job = dg.define_asset_job(
 # The per-experiment steps run one after another, so a subprocess per step would only add start-up time.
 # Everything per experiment, from its samples down to the drift signal (CLI `run`, backfills).
 experiment_job = dg.define_asset_job(
-    "experiment_job", selection=dg.AssetSelection.assets(experiment_samples).downstream(), executor_def=dg.in_process_executor,
+    "experiment_job", selection=dg.AssetSelection.assets(experiment_samples).downstream()
+    - dg.AssetSelection.assets("experiments_overview"), executor_def=dg.in_process_executor,
     description="Pair new fills into samples and evaluate one experiment partition, or a range of them (UI "
                 "materializations and backfills; the CLI and the sensors batch experiments in experiment_pass_job).",
     tags={"experimenttracker/stage": "experiment"})

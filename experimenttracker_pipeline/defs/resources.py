@@ -37,6 +37,7 @@ class ExperimentStoreResource(dg.ConfigurableResource):
     """The experiment store (SQLite by default, PostgreSQL in production): EXPERIMENTTRACKER_DB_URL."""
 
     db_url: str
+    reports_dir: str | None = None  # where the HTML experiment reports are written (None: not written)
 
     def get_store(self) -> Store:
         return shared_store(self.db_url)
@@ -105,7 +106,7 @@ class ReportBusResource(dg.ConfigurableResource):
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The resources, every value taken from `Settings` (so the UI, the daemon and the CLI agree)."""
     return {
-        "store": ExperimentStoreResource(db_url=settings.db_url),
+        "store": ExperimentStoreResource(db_url=settings.db_url, reports_dir=str(settings.data_dir / "reports")),
         "settings": PipelineSettingsResource(
             landing_dir=str(settings.landing_dir), experiments_dir=str(settings.experiments_dir),
             caliper_seconds=settings.caliper_seconds, stall_window_seconds=settings.stall_window_seconds),

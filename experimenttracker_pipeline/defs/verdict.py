@@ -1,5 +1,6 @@
 """verdicts: the verdict per experiment partition (the verdict stage)."""
 
+from pathlib import Path
 
 import dagster as dg
 
@@ -12,6 +13,7 @@ from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource,
 )
 from experimenttracker_pipeline.stages.governance import operations as governance_ops
+from experimenttracker_pipeline.stages.reporting import verdict_view
 from experimenttracker_pipeline.stages.verdict.decision import VerdictResult, decide
 from experimenttracker_pipeline.defs.metadata import number_or_null
 from experimenttracker_pipeline.defs.causal_effects import causal_estimates
@@ -21,25 +23,53 @@ from experimenttracker_pipeline.defs.causal_effects import causal_estimates
           owners=["team:data-eng"], backfill_policy=BACKFILL_POLICY)
 def verdicts(context: dg.AssetExecutionContext, store: ExperimentStoreResource) -> dg.MaterializeResult:
     """The verdict (variant_wins, control_wins, inconclusive, insufficient_samples, srm_blocked,
-    harm_detected) with the CI it used; emits EXPERIMENT_RESULT (spec section 13) only when the verdict or
-    the evidence changed materially."""
+    harm_detected) with the one deciding CI it used, the supporting intervals, SRM and power progress; emits
+    EXPERIMENT_RESULT (spec section 13) only when the verdict or the evidence changed materially, and writes the
+    experiment's HTML report under the data folder."""
     db = store.get_store()
     return for_each_experiment(context, db, lambda experiment_id: decide(db, experiment_id),
-                               lambda result: verdict_metadata(db, result), ["verdict_id"])
+                               lambda result: verdict_metadata(db, result, store.reports_dir), ["verdict_id"])
 
 
-def verdict_metadata(db, result: VerdictResult) -> dict:
-    """Metadata of one experiment's verdicts materialization (with the persona views)."""
+def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None) -> dict:
+    """Metadata of one experiment's verdicts materialization: the deciding CI first (rounded for reading; the
+    store keeps full precision), supporting evidence, SRM, power progress, the persona views and the report."""
     v = result.verdict
     views = governance_ops.persona_views(db, result.experiment_id)
-    return {
-        "verdict": v["verdict"], "basis": v["basis"], "samples": v["samples"],
-        "edge_delta_bps": number_or_null(v["edge_delta_bps"]), "ci_95_low": number_or_null(v["ci_95_low"]), "ci_95_high": number_or_null(v["ci_95_high"]),
-        "drift": bool(v["drift_signalled"]), "reason_codes": dg.MetadataValue.json(v["reason_codes"]),
-        "report_emitted": result.report["report_id"] if result.report else dg.MetadataValue.null(),
+    shown = verdict_view.verdict_summary(db, result.experiment_id, v)
+    metadata = {
+        "verdict": v["verdict"],
+        "deciding_ci": shown["deciding_ci_text"],
+        "deciding_ci_method": shown["deciding_ci"]["method"],
         "plain_english": dg.MetadataValue.md(v["plain_english"] or ""),
-        "stop_rules": dg.MetadataValue.json(v.get("stop_rules") or []),
+        "intervals": dg.MetadataValue.md(shown["intervals_md"]),
+        "samples": v["samples"],
+        "edge_delta_bps": number_or_null(shown["rounded"]["edge_delta_bps"]),
+        "ci_95_low": number_or_null(shown["rounded"]["ci_95_low"]),
+        "ci_95_high": number_or_null(shown["rounded"]["ci_95_high"]),
+        "basis": v["basis"],
+        "power_progress": dg.MetadataValue.md(shown["power_md"]),
+        "srm": dg.MetadataValue.md(shown["srm_md"]),
+        "srm_p_value": number_or_null(shown["srm"]["p_value"]),
+        "power": number_or_null(shown["power"]["power"]),
+        "required_samples": number_or_null(shown["power"]["required_samples"]),
+        "expected_days_to_decision": number_or_null(shown["power"]["expected_days"]),
+        "drift": bool(v["drift_signalled"]),
+        "harmed_segments": dg.MetadataValue.md(shown["harmed_md"]),
+        "reason_codes": dg.MetadataValue.md(shown["reason_codes_md"]),
+        "stop_rules": dg.MetadataValue.md(shown["stop_rules_md"]),
+        "report_emitted": result.report["report_id"] if result.report else dg.MetadataValue.null(),
         "view_trader": dg.MetadataValue.md(views.get("trader", "")),
         "view_risk": dg.MetadataValue.md(views.get("risk", "")),
         "view_governance": dg.MetadataValue.md(views.get("governance", "")),
     }
+    if reports_dir:
+        # The HTML report follows the EXPERIMENT_RESULT reports: rewritten when one is emitted (or the file is
+        # missing), not at every look; the sign-off job and `experimenttracker report` rewrite it too.
+        path = Path(reports_dir) / f"{result.experiment_id}.html"
+        if result.report is not None or not path.exists():
+            path = verdict_view.write_report(db, result.experiment_id, Path(reports_dir))
+        if path is not None and path.exists():
+            metadata["html_report"] = dg.MetadataValue.path(str(path))
+            metadata["html_report_url"] = dg.MetadataValue.url(path.resolve().as_uri())
+    return metadata

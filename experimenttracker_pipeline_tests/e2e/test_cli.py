@@ -54,6 +54,9 @@ def test_demo_then_status_json(tmp_path):
     assert bad.returncode == 2 and "unknown report" in bad.stderr
     ok = _cli(tmp_path, "signoff", "exp_sports_v2", "--approver", "alice", "--report", winner["verdict_report_id"])
     assert ok.returncode == 0 and "promotion: promoted" in ok.stdout
+    # The views are current at once: the HTML report (and, in the Dagster instance, promotions and the overview).
+    assert "not refreshed" not in ok.stderr
+    assert "<td>promoted</td>" in (tmp_path / "data" / "reports" / "exp_sports_v2.html").read_text()
     final = {r["experiment_id"]: r for r in json.loads(_cli(tmp_path, "status", "--json").stdout)}
     assert final["exp_sports_v2"]["promotion_state"] == "promoted"
 

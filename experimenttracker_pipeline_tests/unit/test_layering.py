@@ -25,6 +25,9 @@ PURE_MODULES = (
     "experimenttracker_pipeline.stages.verdict.assembly",
     "experimenttracker_pipeline.stages.verdict.rule",
     "experimenttracker_pipeline.stages.verdict.surface",
+    "experimenttracker_pipeline.stages.verdict.wording",
+    "experimenttracker_pipeline.stages.reporting.deciding",
+    "experimenttracker_pipeline.stages.reporting.charts",
 )
 FORBIDDEN = ("dagster", "sqlalchemy")
 

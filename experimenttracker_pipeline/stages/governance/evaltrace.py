@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping
 import experimenttracker_pipeline.model.canonical as cj
 from experimenttracker_pipeline.model.contract import ExperimentContract
 from experimenttracker_pipeline.stages.governance.risk import evaluate_governance
+from experimenttracker_pipeline.stages.reporting.deciding import DECIDING_LABEL, method_name
+from experimenttracker_pipeline.stages.verdict.wording import fired_stops, harm_found, reconcile_text
 from experimenttracker_pipeline.stages.verdict.surface import (
     FiredRule,
     MetricCI,
@@ -192,12 +194,15 @@ def _trader(data: Mapping[str, Any], _digest: str) -> str:
     c = data["contract"]
     lines = [f"# {data['experiment_id']}: {c['variant_slug']} vs {c['control_slug']}", ""]
     surface = data.get("surface")
+    stops = fired_stops(data.get("stop_rules_fired"))
+    harmed = data["ethics"]["harmed_segments"]
     if not surface or not surface["variants"]:
-        lines.append(TRADER_TEXT["insufficient_samples"])
+        lines.append(reconcile_text(TRADER_TEXT["insufficient_samples"], stops, harmed))
+    basis = (data.get("verdict") or {}).get("basis")
     for v in (surface or {}).get("variants", []):
         vid = v["variant"]
         head = "" if len(surface["variants"]) == 1 else f"**{_variant_slug(data, vid)}**: "
-        lines.append(head + TRADER_TEXT.get(v["verdict"], v["verdict"]))
+        lines.append(head + reconcile_text(TRADER_TEXT.get(v["verdict"], v["verdict"]), stops, harmed))
         broken = [h for h in v["hard_constraints"] if h["status"] != "holds"]
         for h in broken:
             what = _describe_constraint(h["expr"], c)
@@ -209,14 +214,18 @@ def _trader(data: Mapping[str, Any], _digest: str) -> str:
             if m == "fill_size_ratio":
                 lines.append(f"- Fill size: {est:.2f}x the current strategy's (95% range {lo:.2f}x "
                              f"to {hi:.2f}x), from {ci['n']} paired fills.")
+            elif m == "edge_delta_bps" and basis and len(surface["variants"]) == 1:
+                lines.append(f"- Edge ({DECIDING_LABEL}, {method_name(basis)}): {_fmt(est, m)} versus the current "
+                             f"strategy (95% range {_fmt(lo, m)} to {_fmt(hi, m)}), from {ci['n']} paired fills.")
             else:
                 lines.append(f"- {_LABEL.get(m, m)}: {_fmt(est, m)} versus the current strategy "
                              f"(95% range {_fmt(lo, m)} to {_fmt(hi, m)}), from {ci['n']} paired fills.")
         lines.append("")
-    stops = [f for f in data.get("stop_rules_fired", []) if f.get("action") == "stop"]
-    if stops:
-        lines.append("The experiment was stopped: " + " ".join(f["message"] for f in stops))
-    if data["governance"]["promotion_blocked"]:
+    promoted = [h for h in data["polb"]["history"] if h.get("event") == "promoted"]
+    if promoted:
+        last = promoted[-1]
+        lines.append(f"Promoted: {last.get('variant_slug')} on report {last.get('report_id')} ({last.get('at')}).")
+    elif data["governance"]["promotion_blocked"]:
         missing = ", ".join(data["governance"]["missing_roles"]) or "risk above the declared limit"
         lines.append(f"Promotion is blocked until the experiment is approved (missing: {missing}).")
     elif c["require_human_signoff"] and surface and surface.get("winner"):
@@ -232,8 +241,10 @@ def _risk(data: Mapping[str, Any], _digest: str) -> str:
            f"- Risk level: {g['risk']['level']} (score {g['risk']['score']}: "
            + ", ".join(f"{f['factor']} +{f['points']}" for f in g['risk']['factors']) + ")"]
     surface = data.get("surface")
-    if surface:
-        out.append(f"- Harm detected: {'YES' if surface['harm'] else 'no'}")
+    segs = data["ethics"]["harmed_segments"]
+    harm = harm_found(segs, data.get("stop_rules_fired"), bool(surface and surface["harm"]))
+    if surface or harm:
+        out.append(f"- Harm detected: {'YES' if harm else 'no'}")
     out += ["", "## Guardrails (hard constraints)"]
     hard = c["eval_surface"]["constraints"]["hard"]
     if not hard:
@@ -254,8 +265,11 @@ def _risk(data: Mapping[str, Any], _digest: str) -> str:
         out += ["", "## Soft constraints", "| variant | constraint | status | penalty_bp |", "|---|---|---|---|"]
         out += [f"| {vid} | `{s['expr']}` | {s['status']} | {s['penalty_bp']} |" for vid, s in soft]
     out += ["", "## Harmed segments"]
-    segs = data["ethics"]["harmed_segments"]
-    out += [f"- {json.dumps(s, sort_keys=True)}" for s in segs] or ["None reported."]
+    if segs:
+        out += ["| segment | fills | estimate | 95% CI |", "|---|---|---|---|"]
+        out += [_segment_row(s) for s in segs]
+    else:
+        out.append("None reported.")
     out += ["", "## Stop rules fired"]
     out += [f"- {f.get('reason_code')} ({f.get('action')}): {f.get('message')} "
             f"{', '.join(f.get('detail', []))}".rstrip() for f in data["stop_rules_fired"]] or ["None."]
@@ -268,11 +282,32 @@ def _risk(data: Mapping[str, Any], _digest: str) -> str:
     if eth["require"]:
         out.append(f"- Required: {eth['require']}")
     out.append(f"- Violations detected: {data['ethics']['violations_detected'] or 'none'}")
-    out += [f"- Finding: {json.dumps(f, sort_keys=True)}" for f in data["ethics"]["findings"]]
+    out += [f"- Finding: {_plain(f)}" for f in data["ethics"]["findings"]]
     forced = ((data.get("assignments") or {}).get("eth_forced_control_by_kind") or {})
     if forced:
         out.append(f"- Units forced to control: {forced}")
     return "\n".join(out) + "\n"
+
+
+def _plain(record: Mapping[str, Any]) -> str:
+    """A record as ``key value`` pairs for reading: ``*_micros`` integers shown as numbers, no JSON braces."""
+    parts = []
+    for key, value in sorted(record.items()):
+        if key.endswith("_micros") and isinstance(value, int):
+            key, value = key[: -len("_micros")], f"{cj.from_micros(value):.2f}"
+        parts.append(f"{key.replace('_', ' ')} {value}")
+    return ", ".join(parts)
+
+
+def _segment_row(segment: Mapping[str, Any]) -> str:
+    def num(key: str) -> float | None:
+        micros = segment.get(f"{key}_micros")
+        return cj.from_micros(micros) if isinstance(micros, int) else segment.get(key)
+
+    est, lo, hi = num("estimate_bps"), num("ci_95_low"), num("ci_95_high")
+    rng = f"[{_fmt(lo, 'x_bps')}, {_fmt(hi, 'x_bps')}]" if lo is not None and hi is not None else "n/a"
+    n = num("n")
+    return f"| {segment.get('segment')} | {'n/a' if n is None else int(n)} | {_fmt(est, 'x_bps')} | {rng} |"
 
 
 def _governance(data: Mapping[str, Any], trace_digest: str) -> str:
@@ -299,9 +334,15 @@ def _governance(data: Mapping[str, Any], trace_digest: str) -> str:
         out += [f"| {a['approver']} | {a['role']} | {a['approved_at']} | `{a['contract_digest'][:19]}...` | "
                 f"{'yes' if a['counts'] else 'no (other contract)'} |" for a in g["approvals"]]
     out += ["", "## Sign-offs"]
-    out += [f"- {json.dumps(s, sort_keys=True)}" for s in data["signoffs"]] or ["None."]
+    if data["signoffs"]:
+        out += ["| signed at | approver | verdict | report | note |", "|---|---|---|---|---|"]
+        out += [f"| {s.get('signed_at')} | {s.get('approver')} | {s.get('verdict')} | {s.get('report_id')} | "
+                f"{s.get('note') or ''} |" for s in data["signoffs"]]
+    else:
+        out.append("None.")
     out += ["", "## PoLB history"]
-    out += [f"- {json.dumps(h, sort_keys=True)}" for h in data["polb"]["history"]] or ["None recorded."]
+    out += [f"- {h.get('at')}: {h.get('event')} ({_plain({k: v for k, v in h.items() if k not in ('at', 'event')})})"
+            for h in data["polb"]["history"]] or ["None recorded."]
     extra = {k: v for k, v in b.items() if k not in ("experiment", "eval_surface")}
     if extra:
         out += ["", "## Other bindings"] + [f"- {k}: {v['id']} `{v['digest']}`" for k, v in sorted(extra.items())]

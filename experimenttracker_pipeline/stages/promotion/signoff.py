@@ -191,3 +191,9 @@ def failing_checks(store: Store, experiment_id: str) -> list[str]:
         failing.append(f"samples_hash_chain_intact: sample_n {broken.sample_n}: {broken.problem}")
     failing += [f"promotions_have_signoff: {v.reason}" for v in promotion_violations(store, experiment_id)]
     return failing
+
+
+def awaiting_signoff(store: Store) -> list[str]:
+    """The experiments whose latest verdict report waits for a human sign-off."""
+    return [e["experiment_id"] for e in experiment_rows(store)
+            if promotion_state(store, e["experiment_id"]).state == "awaiting_signoff"]

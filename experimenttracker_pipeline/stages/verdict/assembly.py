@@ -26,6 +26,7 @@ import experimenttracker_pipeline.stats as st
 from experimenttracker_pipeline.model.experiment import Experiment
 from experimenttracker_pipeline.model.numbers import to_json
 from experimenttracker_pipeline.stages.governance.risk import GovernanceStatus
+from experimenttracker_pipeline.stages.reporting.deciding import DECIDING_CI, deciding_ci
 from experimenttracker_pipeline.stages.verdict.rule import (
     CONTROL_WINS,
     PLAIN_ENGLISH,
@@ -35,6 +36,7 @@ from experimenttracker_pipeline.stages.verdict.rule import (
 from experimenttracker_pipeline.stages.verdict.surface import FiredRule
 from experimenttracker_pipeline.stages.verdict.surface import decide as decide_surface
 from experimenttracker_pipeline.stages.verdict.surface import evaluate_stop_rules
+from experimenttracker_pipeline.stages.verdict.wording import reconcile_wording
 
 EXPERIMENT_RESULT = "EXPERIMENT_RESULT"
 EXPERIMENT_INSUFFICIENT_SAMPLES = "EXPERIMENT_INSUFFICIENT_SAMPLES"
@@ -58,6 +60,7 @@ def assemble_verdict(experiment: Experiment, evaluation: Mapping[str, Any], caus
     (``causal``, or None) and its governance status."""
     final = combine_verdict(experiment, evaluation, causal, policy_of(experiment))
     fired = judge_goal_surface(experiment, evaluation, final)
+    reconcile_wording(final)  # the plain English names the stop rules and harmed segments found above
     attach_governance(final, experiment, governance)
     return AssembledVerdict(final, fired, governance.promotion_blocked)
 
@@ -242,5 +245,7 @@ def result_payload(experiment: Experiment, final: Mapping[str, Any], evaluation_
         "look_samples": final.get("look_samples"),
         # The anchored chain head the verdict rests on: once published, a copy outside the store.
         "chain_head": final.get("chain_head"),
+        # The interval the verdict was decided on, named as on every other surface, and why it is the one.
+        DECIDING_CI: {k: v for k, v in deciding_ci(final).items() if k != "name"},
     }
     return to_json(payload)
