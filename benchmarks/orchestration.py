@@ -8,7 +8,8 @@ a new landing file with ``--new-pairs`` more pairs for every experiment. Then, i
 
 (a) the direct core cost: on the first copy, without Dagster, ingest the new file and, for every experiment, the
     same stage functions a pass runs (`process_experiment`: pair, verify the hash chain, intervals, causal,
-    verdict, drift signal, promotion gate), and separately the part `benchmarks/evaluate.py` times
+    verdict, drift signal, promotion gate, then the HTML reports a pass renders, at most
+    EXPERIMENTTRACKER_REPORTS_PER_PASS), and separately the part `benchmarks/evaluate.py` times
     (`compute_intervals` + `decide`);
 (b) `experimenttracker run` on the second copy (a subprocess, Dagster's storage in PostgreSQL): every experiment
     has new samples;
@@ -39,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experimenttracker_pipeline.demo import STARTED_AT, DemoExperiment, shadow_reports  # noqa: E402
 from experimenttracker_pipeline.orchestration.due_work import EvaluationRule  # noqa: E402
 from experimenttracker_pipeline.orchestration.experiment_pass import process_experiment  # noqa: E402
-from experimenttracker_pipeline.settings import normalise_db_url  # noqa: E402
+from experimenttracker_pipeline.settings import Settings, normalise_db_url  # noqa: E402
+from experimenttracker_pipeline.stages.reporting.renders import render_stale_reports  # noqa: E402
 from experimenttracker_pipeline.stages.declarations.registration import sync_declarations  # noqa: E402
 from experimenttracker_pipeline.stages.declarations.queries import experiment_rows  # noqa: E402
 from experimenttracker_pipeline.stages.ingestion.queries import newest_batch_by_slug  # noqa: E402
@@ -172,6 +174,8 @@ def main() -> None:
         failures = 0
         for experiment_id in ids:
             failures += not process_experiment(store, registry, experiment_id, rule, newest).ok
+        # The pass renders a bounded number of HTML reports (EXPERIMENTTRACKER_REPORTS_PER_PASS, default 25).
+        render_stale_reports(store, work / "reports-direct", ids, limit=Settings.reports_per_pass)
         core_s, core_cpu = time.perf_counter() - start, time.process_time() - cpu
         # What evaluate.py measures (intervals + verdict), on the same data once more.
         start = time.perf_counter()
@@ -223,7 +227,7 @@ def main() -> None:
               f"Dagster storage; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print("                                                                wall        per experiment   CPU (client)")
         print(f"(a) direct core: ingest, pair, verify, intervals, causal, verdict, {core_s:8.1f} s  {core_s / len(ids) * 1000:8.1f} ms"
-              f"   {core_cpu:8.1f} s   ({failures} failed)\n    drift, promotion")
+              f"   {core_cpu:8.1f} s   ({failures} failed)\n    drift, promotion, {Settings.reports_per_pass} HTML reports")
         print(f"    evaluate.py's part alone (compute_intervals + decide)      {evaluate_s:8.1f} s  "
               f"{evaluate_s / len(ids) * 1000:8.1f} ms")
         print(f"(b) `experimenttracker run`, every experiment has new samples  {run_s:8.1f} s  "

@@ -149,6 +149,8 @@ class Settings:
     # Batching: experiments per Dagster run of experiment_pass_job, and its steps (each a Celery task with Celery).
     pass_run_size: int = 1000
     pass_steps: int = 8
+    # HTML reports a pass renders at most (newest verdicts first); the rest wait for the next pass or `report --all`.
+    reports_per_pass: int = 25
     # Where the steps of experiment_pass_job run: in the run's process, or on Celery workers.
     executor: str = "in_process"
     celery_broker: str = "redis://127.0.0.1:6379/0"
@@ -195,6 +197,7 @@ class Settings:
             evaluation_step_n=env.whole("EXPERIMENTTRACKER_EVALUATION_STEP_N", 1),
             pass_run_size=env.whole("EXPERIMENTTRACKER_PASS_RUN_SIZE", 1000),
             pass_steps=env.whole("EXPERIMENTTRACKER_PASS_STEPS", 8),
+            reports_per_pass=env.whole("EXPERIMENTTRACKER_REPORTS_PER_PASS", 25, minimum=0),
             executor=env.choice("EXPERIMENTTRACKER_EXECUTOR", "in_process", ("in_process", "celery")),
             celery_broker=env.text("EXPERIMENTTRACKER_CELERY_BROKER") or "redis://127.0.0.1:6379/0",
             celery_backend=env.text("EXPERIMENTTRACKER_CELERY_BACKEND") or "redis://127.0.0.1:6379/1",

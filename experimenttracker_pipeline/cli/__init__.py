@@ -377,6 +377,17 @@ def _report(settings: Settings, experiment_id: str, out: str | None) -> int:
     return 0
 
 
+def _report_all(settings: Settings) -> int:
+    from experimenttracker_pipeline.stages.reporting.renders import render_stale_reports
+
+    store = _store(settings)
+    reports_dir = settings.data_dir / "reports"
+    rendering = render_stale_reports(store, reports_dir, [r["experiment_id"] for r in experiment_rows(store)], limit=None)
+    index = rendering.index or reports_dir / "index.html"
+    print(f"wrote {len(rendering.written)} report(s) into {reports_dir} (the others were current); index: {index}")
+    return 0
+
+
 def _print_table(rows: list[dict[str, Any]], out) -> None:
     columns = ["experiment_id", "mode", "samples", "orphans", "last_sample_at"]
     extra = [c for c in ("verdict", "deciding_ci", "ci_method", "edge_delta_bps", "drift_signalled", "promotion_state")
@@ -418,7 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     backfill.add_argument("--verbose", action="store_true")
     report = sub.add_parser("report", help="write the self-contained HTML report of one experiment (and the index "
                                            "of all experiments next to it)")
-    report.add_argument("experiment_id")
+    report.add_argument("experiment_id", nargs="?", help="the experiment (or --all)")
+    report.add_argument("--all", action="store_true",
+                        help="render every report behind its experiment's latest verdict into <data>/reports")
     report.add_argument("--out", default=None, help="HTML file to write (default: <data>/reports/EXPERIMENT_ID.html)")
     status = sub.add_parser("status", help="one row per experiment")
     status.add_argument("--json", action="store_true", help="print a JSON array of objects")
@@ -489,6 +502,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                 _print_table(rows, sys.stdout)
             return 0
         if args.command == "report":
+            if args.all == bool(args.experiment_id):
+                raise CliError("name one experiment, or --all")
+            if args.all:
+                return _report_all(settings)
             return _report(settings, args.experiment_id, args.out)
         if args.command == "signoff":
             store = _store(settings)

@@ -51,9 +51,10 @@ JOB_NAME = "experiment_pass_job"
 # (asset, outcome attribute, metadata function taking (store, result, reports folder))
 _MATERIALIZED = (
     (experiment_samples, "samples", lambda db, r, d: samples_metadata(r)),
-    (confidence_intervals, "intervals", lambda db, r, d: intervals_metadata(db, r)),
+    # No drawing here: charts and HTML reports cost more than the evaluation; `_render_reports` draws a bounded few.
+    (confidence_intervals, "intervals", lambda db, r, d: intervals_metadata(db, r, chart=False)),
     (causal_estimates, "causal", lambda db, r, d: causal_metadata(r)),
-    (verdicts, "verdict", verdict_metadata),
+    (verdicts, "verdict", lambda db, r, d: verdict_metadata(db, r, d, write_report=False)),
     (drift_signals, "drift", lambda db, r, d: drift_metadata(r, db)),
     (promotions, "promotion", lambda db, r, d: promotion_metadata(r)),
 )
@@ -66,6 +67,34 @@ def _log_materializations(context: dg.OpExecutionContext, db, outcome: Experimen
         if result is not None:
             context.log_event(dg.AssetMaterialization(asset_key=asset.key, partition=outcome.experiment_id,
                                                       metadata=metadata(db, result, reports_dir)))
+
+
+def _render_reports(context: dg.OpExecutionContext, db, reports_dir: str, evaluated: list[str], *, limit: int) -> None:
+    """Render the HTML reports of up to ``limit`` of this step's evaluated experiments (newest verdict first) and
+    show each on its verdicts partition (link and CI-over-time chart). A failure is logged, never fails the step."""
+    from pathlib import Path
+
+    from experimenttracker_pipeline.stages.reporting import charts
+    from experimenttracker_pipeline.stages.reporting.renders import render_stale_reports
+
+    if not evaluated:
+        return
+    try:
+        # The index page is rewritten with the overview, once per run.
+        rendering = render_stale_reports(db, Path(reports_dir), evaluated, limit=limit, index=False)
+    except Exception as exc:  # noqa: BLE001 - reports are a view; the verdicts are recorded
+        context.log.warning(f"HTML reports not rendered: {type(exc).__name__}: {exc}")
+        return
+    for experiment_id, path in rendering.written.items():
+        metadata = {"html_report": dg.MetadataValue.path(str(path)),
+                    "html_report_url": dg.MetadataValue.url(path.resolve().as_uri())}
+        chart = charts.b64(rendering.charts.get(experiment_id))
+        if chart:
+            metadata["ci_over_time"] = dg.MetadataValue.md(f"![confidence sequence over samples](data:image/png;base64,{chart})")
+        context.log_event(dg.AssetObservation(asset_key=verdicts.key, partition=experiment_id, metadata=metadata))
+    if rendering.pending:
+        context.log.info(f"{len(rendering.written)} HTML reports rendered; {len(rendering.pending)} left for the next "
+                         f"pass or `experimenttracker report --all` (EXPERIMENTTRACKER_REPORTS_PER_PASS)")
 
 
 def _log_checks(context: dg.OpExecutionContext, db, outcomes: list[ExperimentOutcome]) -> None:
@@ -93,6 +122,9 @@ STEP_CONFIG = {
     "evaluation": dg.Field(str, default_value="growth", description="growth | step (see EvaluationRule)"),
     "step_pct": dg.Field(float, default_value=10.0),
     "step_n": dg.Field(int, default_value=1),
+    "reports_limit": dg.Field(int, default_value=25, description="HTML reports this step renders at most"),
+    "refresh_overview": dg.Field(bool, default_value=True,
+                                 description="log experiments_overview and rewrite the reports index after this step"),
 }
 
 
@@ -123,7 +155,10 @@ def _pass_step(index: int) -> dg.OpDefinition:
                     context.log.error(f"{experiment_id} failed at {outcome.failed_stage}: {outcome.error}")
                 outcomes.append(outcome)
             _log_checks(context, db, outcomes)
-            if any(o.verdict is not None or o.promotion is not None for o in outcomes):
+            if store.reports_dir:
+                _render_reports(context, db, store.reports_dir, [o.experiment_id for o in outcomes if o.evaluated],
+                                limit=config["reports_limit"])
+            if config["refresh_overview"]:
                 log_overview(context, db, store.reports_dir)
         failed = {o.experiment_id: f"{o.failed_stage}: {o.error}" for o in outcomes if not o.ok}
         summary = (f"{len(outcomes)} experiments: {sum(o.paired for o in outcomes)} paired, "
@@ -164,8 +199,16 @@ def build_experiment_pass_job(settings: Settings) -> dg.JobDefinition:
         EvaluationRule(config["evaluation"])  # a bad rule name fails at launch, before any work
         slices = split_over_steps(config["experiment_ids"], len(steps))
         common = {k: config[k] for k in ("evaluation", "step_pct", "step_n")}
+        # The run's report budget (EXPERIMENTTRACKER_REPORTS_PER_PASS) shared by the steps that have experiments.
+        busy = max(1, sum(1 for part in slices if part))
+        limit = -(-settings.reports_per_pass // busy)
+        # The overview reads every experiment: refreshed once per run, by the last step with experiments (in-process
+        # the steps run in order, so it sees the whole run; on Celery workers it may run before the others finish).
+        last = max((i for i, part in enumerate(slices) if part), default=-1)
         return {"loggers": {"console": {"config": {"log_level": config["console_log_level"]}}},
-                "ops": {step.name: {"config": {"experiment_ids": part, **common}} for step, part in zip(steps, slices)}}
+                "ops": {step.name: {"config": {"experiment_ids": part, "reports_limit": limit,
+                                               "refresh_overview": i == last, **common}}
+                        for i, (step, part) in enumerate(zip(steps, slices))}}
 
     @dg.job(name=JOB_NAME, executor_def=pass_executor(settings), tags={"experimenttracker/stage": "pass"},
             config=dg.ConfigMapping(config_fn=config_fn, config_schema=JOB_CONFIG),

@@ -41,7 +41,7 @@ def confidence_intervals(context: dg.AssetExecutionContext, store: ExperimentSto
     return for_each_experiment(context, db, evaluate, lambda result: intervals_metadata(db, result), ["evaluation_id"])
 
 
-def intervals_metadata(db, result: IntervalsResult) -> dict:
+def intervals_metadata(db, result: IntervalsResult, *, chart: bool = True) -> dict:
     """Metadata of one experiment's confidence_intervals materialization: the chosen interval first, the others as
     supporting evidence, SRM and power progress on every look, the CI-over-time chart (1000x500, y-axis fitted to
     the looks that matter, MDE band and decision look marked). Numbers rounded for reading; the store keeps full
@@ -56,7 +56,8 @@ def intervals_metadata(db, result: IntervalsResult) -> dict:
     table += ("\n\nThe verdict's **deciding CI** is shown first on the `verdicts` page; for a limited-live experiment "
               "whose routing was not uniformly random it is the AIPW estimate, and these paired intervals are "
               "supporting evidence.")
-    chart = charts.b64(ci_over_time_png(db, result.experiment_id, e, verdict=e))  # this look, not the last verdict
+    # A pass over many experiments leaves the chart to the experiment's HTML report (see reporting/renders.py).
+    chart = charts.b64(ci_over_time_png(db, result.experiment_id, e, verdict=e)) if chart else None
     progress, srm = power_progress(e), srm_state(e)
     metadata = {
         "samples": e["samples"], "edge_delta_bps": number_or_null(r("edge_delta_bps")),

@@ -31,7 +31,7 @@ def verdicts(context: dg.AssetExecutionContext, store: ExperimentStoreResource) 
                                lambda result: verdict_metadata(db, result, store.reports_dir), ["verdict_id"])
 
 
-def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None) -> dict:
+def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None, *, write_report: bool = True) -> dict:
     """Metadata of one experiment's verdicts materialization: the deciding CI first (rounded for reading; the
     store keeps full precision), supporting evidence, SRM, power progress, the persona views and the report."""
     v = result.verdict
@@ -67,7 +67,7 @@ def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None) 
         # The HTML report follows the EXPERIMENT_RESULT reports: rewritten when one is emitted (or the file is
         # missing), not at every look; the sign-off job and `experimenttracker report` rewrite it too.
         path = Path(reports_dir) / f"{result.experiment_id}.html"
-        if result.report is not None or not path.exists():
+        if write_report and (result.report is not None or not path.exists()):
             path = verdict_view.write_report(db, result.experiment_id, Path(reports_dir))
         if path is not None and path.exists():
             metadata["html_report"] = dg.MetadataValue.path(str(path))

@@ -70,7 +70,11 @@ def test_the_esports_verdict_page_does_not_contradict_itself(demo):
     assert [r["reason_code"] for r in verdict["stop_rules"] if r["action"] == "stop"] == ["EVAL_STOP_HARM"]
     meta = _latest(instance, "verdicts", "exp_esports_ll")
     pages = [meta["plain_english"].value, meta["view_trader"].value, meta["view_risk"].value, meta["view_governance"].value]
-    html_report = Path(meta["html_report"].value).read_text()
+    # The pass renders the HTML report after the verdict and shows it on the partition as an observation.
+    shown = instance.fetch_observations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey("verdicts"), asset_partitions=["exp_esports_ll"]), limit=1).records
+    assert shown and "data:image/png;base64," in shown[0].asset_observation.metadata["ci_over_time"].value
+    html_report = Path(shown[0].asset_observation.metadata["html_report"].value).read_text()
     for page in [*pages, html_report]:
         assert "keeps collecting" not in page and "Harm detected: no" not in page
     assert "Harm detected: YES" in meta["view_risk"].value and "category=minor" in meta["plain_english"].value

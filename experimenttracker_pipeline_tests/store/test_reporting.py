@@ -50,3 +50,29 @@ def test_mde_band_is_declared_or_the_80_percent_power_mde():
     declared, label = mde_band({"statistics_json": None}, {"sd_bps": 10.0, "samples": 400})
     assert declared == pytest.approx((1.959964 + 0.841621) * 10 / 20) and "80% power" in label
     assert mde_band({}, {}) == (None, "")
+
+
+def test_a_pass_renders_a_bounded_number_of_stale_reports_newest_verdict_first(store, workdirs, tmp_path):
+    from experimenttracker_pipeline.stages.reporting.renders import render_stale_reports, stale_reports
+
+    rng = np.random.default_rng(8)
+    for exp_id in ("exp_a", "exp_b", "exp_c"):
+        _experiment(store, workdirs, rng.normal(1, 3, 60), exp_id=exp_id, min_samples_for_decision=20)
+    for exp_id in ("exp_a", "exp_b", "exp_c"):
+        _evaluate(store, exp_id)
+    reports = tmp_path / "reports"
+    ids = ["exp_a", "exp_b", "exp_c"]
+    assert stale_reports(store, reports, ids) == ["exp_c", "exp_b", "exp_a"]  # newest verdict first
+
+    first = render_stale_reports(store, reports, ids, limit=2)
+    assert sorted(first.written) == ["exp_b", "exp_c"] and first.pending == ["exp_a"]
+    assert set(first.charts) == {"exp_b", "exp_c"} and first.index == reports / "index.html"
+    assert stale_reports(store, reports, ids) == ["exp_a"]
+
+    # A new verdict makes exactly that report stale again; a deleted file is stale too.
+    _evaluate(store, "exp_b")
+    (reports / "exp_c.html").unlink()
+    assert stale_reports(store, reports, ids) == ["exp_b", "exp_c", "exp_a"]
+    rest = render_stale_reports(store, reports, ids, limit=None)
+    assert sorted(rest.written) == ids and rest.pending == []
+    assert render_stale_reports(store, reports, ids, limit=None).written == {}  # nothing drawn twice

@@ -98,7 +98,7 @@ def experiment_report_data(store: Store, experiment_id: str) -> dict[str, Any] |
     causal = latest_causal_doc(store, experiment_id)
     report_id = latest_result_report_id(store, experiment_id)
     return {
-        "experiment": exp, "verdict": verdict, "evaluation": evaluation, "causal": causal,
+        "experiment": exp, "verdict": verdict, "verdict_id": int(verdict_row["id"]), "evaluation": evaluation, "causal": causal,
         "deciding_ci": deciding_ci(verdict), "supporting": supporting_intervals(verdict, causal),
         "power": power_progress(evaluation), "srm": srm_state(evaluation),
         "drift": drift_state(drift_signal_states(store).get(experiment_id), bool(verdict.get("drift_signalled"))),
@@ -189,13 +189,25 @@ def render_index(rows: list[dict[str, Any]], forest_png: bytes | None) -> str:
     return _page("Experiments", "\n".join(body))
 
 
-def write_experiment_report(store: Store, experiment_id: str, out: Path) -> Path | None:
+def render_report(store: Store, experiment_id: str, out: Path) -> tuple[Path, bytes | None] | None:
+    """Write one experiment's report to ``out``; (path, its CI-over-time PNG), None before its first verdict.
+    Reports written into the reports folder are remembered as showing their verdict (see ``renders``)."""
+    from experimenttracker_pipeline.stages.reporting.renders import mark_rendered
+
     data = experiment_report_data(store, experiment_id)
     if data is None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_experiment(data), encoding="utf-8")
-    return out
+    if out.name == f"{experiment_id}.html":
+        mark_rendered(out.parent, {experiment_id: data["verdict_id"]})
+    return out, data["ci_chart"]
+
+
+def write_experiment_report(store: Store, experiment_id: str, out: Path) -> Path | None:
+    """Write one experiment's report to ``out``; its path, None before the experiment's first verdict."""
+    rendered = render_report(store, experiment_id, out)
+    return None if rendered is None else rendered[0]
 
 
 def write_index(store: Store, reports_dir: Path) -> Path:

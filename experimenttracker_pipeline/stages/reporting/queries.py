@@ -40,3 +40,13 @@ def drift_signal_states(store: Store, experiment_id: str | None = None) -> dict[
         query = query.where(s.experiment_id == experiment_id)
     rows = store.rows(query)
     return {r["experiment_id"]: r for r in rows}
+
+
+def latest_verdict_ids(store: Store, experiment_ids: list[str]) -> dict[str, int]:
+    """experiment_id -> id of its newest verdict, for those of ``experiment_ids`` that have one."""
+    if not experiment_ids:
+        return {}
+    v = experiment_verdicts.c
+    rows = store.rows(sa.select(v.experiment_id, sa.func.max(v.id).label("id"))
+                      .where(v.experiment_id.in_(experiment_ids)).group_by(v.experiment_id))
+    return {r["experiment_id"]: int(r["id"]) for r in rows}
