@@ -155,3 +155,13 @@ def test_dagster_webserver_serves_the_overview_table(demo_data, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_report_all_renders_only_the_reports_behind_their_verdict(demo_data):
+    done = _cli(demo_data, "report", "--all")
+    assert done.returncode == 0 and "wrote 0 report(s)" in done.stdout, done.stdout + done.stderr
+    (demo_data / "reports" / "exp_sports_v2.html").unlink()
+    done = _cli(demo_data, "report", "--all")
+    assert done.returncode == 0 and "wrote 1 report(s)" in done.stdout, done.stdout + done.stderr
+    assert (demo_data / "reports" / "exp_sports_v2.html").is_file()
+    assert _cli(demo_data, "report").returncode == 2  # neither an experiment nor --all
