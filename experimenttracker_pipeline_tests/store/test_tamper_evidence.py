@@ -62,14 +62,9 @@ def refused(store: Store, statement: str, match: str) -> None:
 
 
 # ---- 11: every sample rewritten and re-hashed ------------------------------------------------------------------
-def test_rewritten_and_rehashed_chain_fails_the_check(store, workdirs):
-    verdict, _ = winning_experiment(store, workdirs, require_human_signoff=True)
-    head = verdict.report["chain_head"]  # what EXPERIMENT_RESULT carries (and the bus publishes)
-    (anchor,) = chain_anchors(store, EXP)
-    assert head["sample_n"] == anchor["sample_n"] == 300 and head["anchor_hmac"] == anchor["anchor_hmac"]
-    assert verify_samples(store, EXP) == (300, None)
 
-    # Flip every edge delta and recompute every hash: the chain is consistent again...
+def _flip_every_edge_and_rehash(store) -> str:
+    """What a superuser can do: negate every edge delta of EXP and recompute the whole hash chain; the new head."""
     rows = list(iter_samples(store, EXP))
     prev = GENESIS_HASH
     with superuser(store) as conn:
@@ -81,6 +76,17 @@ def test_rewritten_and_rehashed_chain_fails_the_check(store, workdirs):
                                  "WHERE experiment_id = :e AND sample_n = :n"),
                          {"d": row["edge_delta_bps"], "p": row["prev_hash"], "h": row["sample_hash"], "e": EXP,
                           "n": row["sample_n"]})
+    return prev
+
+def test_rewritten_and_rehashed_chain_fails_the_check(store, workdirs):
+    verdict, _ = winning_experiment(store, workdirs, require_human_signoff=True)
+    head = verdict.report["chain_head"]  # what EXPERIMENT_RESULT carries (and the bus publishes)
+    (anchor,) = chain_anchors(store, EXP)
+    assert head["sample_n"] == anchor["sample_n"] == 300 and head["anchor_hmac"] == anchor["anchor_hmac"]
+    assert verify_samples(store, EXP) == (300, None)
+
+    # Flip every edge delta and recompute every hash: the chain is consistent again...
+    prev = _flip_every_edge_and_rehash(store)
     assert verify_chain(iter_samples(store, EXP)) is None
     # ...but no longer the one the evaluation anchored.
     checked, broken = verify_samples(store, EXP)
@@ -115,18 +121,9 @@ def test_rewrite_with_the_anchors_deleted_is_caught_by_the_published_head(store,
     published = message["payload"]["chain_head"]
     assert published == verdict.report["chain_head"] and published["sample_n"] == 300
     assert published_head_problem(store, EXP, published) is None
-    rows = list(iter_samples(store, EXP))
-    prev = GENESIS_HASH
     with superuser(store) as conn:
         conn.execute(sa.text("DELETE FROM sample_chain_anchors"))
-        for row in rows:
-            row["edge_delta_bps"] = -row["edge_delta_bps"]
-            row["prev_hash"], row["sample_hash"] = prev, sample_hash(row, prev)
-            prev = row["sample_hash"]
-            conn.execute(sa.text("UPDATE experiment_samples SET edge_delta_bps = :d, prev_hash = :p, sample_hash = :h "
-                                 "WHERE experiment_id = :e AND sample_n = :n"),
-                         {"d": row["edge_delta_bps"], "p": row["prev_hash"], "h": row["sample_hash"], "e": EXP,
-                          "n": row["sample_n"]})
+    _flip_every_edge_and_rehash(store)
     assert verify_samples(store, EXP) == (300, None)
     assert "no longer has the anchored hash" in published_head_problem(store, EXP, published)
     forged = {**published, "sample_hash": prev}  # a published head edited to match does not verify

@@ -99,6 +99,24 @@ def record_samples(store: Store, experiment_id: str) -> SamplingResult:
                           rows[0]["sample_n"] if rows else None, rows[-1]["sample_n"] if rows else None, batch_mean)
 
 
+def _walk_chain(store: Store, experiment_id: str, wanted: set[int]) -> tuple[int, ChainBreak | None, dict[int, str]]:
+    """Recompute the experiment's chain in one pass: (rows read, first break or None, the stored hash at each
+    sample_n in ``wanted``)."""
+    hashes: dict[int, str] = {}
+    count = 0
+
+    def counted():
+        nonlocal count
+        for row in iter_samples(store, experiment_id):
+            count += 1
+            if row["sample_n"] in wanted:
+                hashes[int(row["sample_n"])] = row["sample_hash"]
+            yield row
+
+    broken = verify_chain(counted())
+    return count, broken, hashes
+
+
 def _check_tail(store: Store, conn: Any, experiment_id: str, tail_n: int, tail_hash: str) -> None:
     """Refuse to extend a chain whose last row no longer matches its hash (tampering since the last run)."""
     row = get_sample(conn, experiment_id, tail_n)
@@ -116,18 +134,7 @@ def verify_samples(store: Store, experiment_id: str, key: AnchorKey | None = Non
     state = pairing_state(store, experiment_id)
     anchors = chain_anchors(store, experiment_id)
     anchored_n = {int(a["sample_n"]) for a in anchors}
-    hashes: dict[int, str] = {}
-    count = 0
-
-    def counted():
-        nonlocal count
-        for row in iter_samples(store, experiment_id):
-            count += 1
-            if row["sample_n"] in anchored_n:
-                hashes[int(row["sample_n"])] = row["sample_hash"]
-            yield row
-
-    broken = verify_chain(counted())
+    count, broken, hashes = _walk_chain(store, experiment_id, anchored_n)
     if broken is not None:
         return count, broken
     recorded = int(state["samples"]) if state else 0
@@ -177,18 +184,7 @@ def published_head_problem(store: Store, experiment_id: str, chain_head: Mapping
     as the report bus delivered it), or None when it still does. Independent of the anchor rows the store holds:
     what an auditor with the published reports runs after someone could have deleted those rows."""
     n = int(chain_head["sample_n"])
-    hashes: dict[int, str] = {}
-    count = 0
-
-    def counted():
-        nonlocal count
-        for row in iter_samples(store, experiment_id):
-            count += 1
-            if row["sample_n"] == n:
-                hashes[n] = row["sample_hash"]
-            yield row
-
-    broken = verify_chain(counted())
+    count, broken, hashes = _walk_chain(store, experiment_id, {n})
     if broken is not None and broken.sample_n <= n:
         return f"the chain is broken at sample_n {broken.sample_n}: {broken.problem}"
     exp = experiment_row(store, experiment_id)
