@@ -123,7 +123,7 @@ def test_rewrite_with_the_anchors_deleted_is_caught_by_the_published_head(store,
     assert published_head_problem(store, EXP, published) is None
     with superuser(store) as conn:
         conn.execute(sa.text("DELETE FROM sample_chain_anchors"))
-    _flip_every_edge_and_rehash(store)
+    prev = _flip_every_edge_and_rehash(store)
     assert verify_samples(store, EXP) == (300, None)
     assert "no longer has the anchored hash" in published_head_problem(store, EXP, published)
     forged = {**published, "sample_hash": prev}  # a published head edited to match does not verify
