@@ -157,3 +157,24 @@ def test_cumulative_checkpoints_match_numpy(store, workdirs):
     for n, s, ss, k in checkpoints:  # sums about the first delta k
         assert k == deltas[0]
         assert s == pytest.approx((deltas[:n] - k).sum()) and ss == pytest.approx(((deltas[:n] - k) ** 2).sum())
+
+
+def test_fills_stored_before_the_bounds_never_become_samples(store, workdirs):
+    """A fill an older version stored with an extreme value (edge 1.7e308, notional 1e-320) stays unpaired and is
+    counted as an orphan: no sample with an infinite edge delta, so the experiment keeps a finite CI."""
+    from experimenttracker_pipeline.store.schema import raw_reports
+
+    _setup(store, workdirs)
+    _ingest(store, workdirs, "a.jsonl", [fill("c1", "c-slug", "live", "k1", t=0), fill("v1", "v-slug", "shadow", "k1", t=5)])
+    (template,) = store.rows(sa.select(raw_reports).where(raw_reports.c.report_id == "v1"))
+    (control,) = store.rows(sa.select(raw_reports).where(raw_reports.c.report_id == "c1"))
+    with store.begin() as conn:  # as a version without bounds would have stored them
+        conn.execute(sa.insert(raw_reports), [
+            {**control, "report_id": "c-huge", "pair_key": "k2", "source_line": 90},
+            {**template, "report_id": "v-huge", "pair_key": "k2", "edge_pusd": 1.7e308, "source_line": 91},
+            {**control, "report_id": "c-tiny", "pair_key": "k3", "notional_pusd": 1e-320, "source_line": 92},
+            {**template, "report_id": "v-tiny", "pair_key": "k3", "source_line": 93}])
+    result = record_samples(store, "exp_a")
+    assert (result.new_samples, result.orphan_variant, result.orphan_control) == (1, 2, 2)
+    rows = list(iter_samples(store, "exp_a"))
+    assert [r["variant_report_id"] for r in rows] == ["v1"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -100,6 +101,19 @@ def pair_limited_live(variants: Iterable[Candidate], controls: Iterable[Candidat
             used.add(best.report_id)
             pairs.append(Pair(variant, best))
     return sorted(pairs, key=lambda p: p.sort_key)
+
+
+def within_report_bounds(candidate: Candidate) -> bool:
+    """Whether a stored fill is within the bounds ingestion enforces today (amounts, edge, slippage), so every
+    number derived from a pair with it is finite. Fills stored before those bounds existed may not be: they stay
+    unpaired (counted as orphans), never become a sample."""
+    from experimenttracker_pipeline.stages.ingestion.validation import NUMBER_BOUNDS
+
+    for name, (low, high) in NUMBER_BOUNDS.items():
+        value = getattr(candidate, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+            return False
+    return True
 
 
 def edge_delta_bps(variant: Candidate, control: Candidate) -> float:

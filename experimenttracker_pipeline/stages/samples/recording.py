@@ -14,6 +14,7 @@ from experimenttracker_pipeline.stages.samples.pairing import (
     build_sample_rows,
     pair_limited_live,
     pair_shadow,
+    within_report_bounds,
     sample_hash,
     verify_chain,
 )
@@ -72,10 +73,12 @@ def record_samples(store: Store, experiment_id: str) -> SamplingResult:
         if tail_n:
             _check_tail(store, conn, experiment_id, tail_n, tail_hash)
         variants, controls = unpaired_candidates(conn, exp)
+        usable_v = [v for v in variants if within_report_bounds(v)]
+        usable_c = [c for c in controls if within_report_bounds(c)]
         if exp["mode"] == "shadow_only":
-            pairs = pair_shadow(variants, controls)
+            pairs = pair_shadow(usable_v, usable_c)
         else:
-            pairs = pair_limited_live(variants, controls, caliper_ms=int(round(exp["caliper_seconds"] * 1000)))
+            pairs = pair_limited_live(usable_v, usable_c, caliper_ms=int(round(exp["caliper_seconds"] * 1000)))
         rows = build_sample_rows(experiment_id, pairs, first_n=tail_n + 1, prev_hash=tail_hash)
         append_samples(conn, rows)
         total = tail_n + len(rows)
