@@ -48,19 +48,20 @@ class MetricSpec:
     name: str
     unit: str
     neutral: Decimal  # the value that means "no difference between variant and control"
+    better: str  # "higher" or "lower": which way the variant improves on control
     description: str
 
 
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
-        MetricSpec("edge_delta_bps", "bps", Decimal(0),
+        MetricSpec("edge_delta_bps", "bps", Decimal(0), "higher",
                    "variant minus control edge, bps of control notional (higher is better)"),
-        MetricSpec("slippage_delta_bps", "bps", Decimal(0),
+        MetricSpec("slippage_delta_bps", "bps", Decimal(0), "lower",
                    "variant minus control slippage (lower is better)"),
-        MetricSpec("fill_quality_delta", "ratio", Decimal(0),
+        MetricSpec("fill_quality_delta", "ratio", Decimal(0), "higher",
                    "variant minus control fill_quality on the 0..1 scale (higher is better)"),
-        MetricSpec("fill_size_ratio", "ratio", Decimal(1),
+        MetricSpec("fill_size_ratio", "ratio", Decimal(1), "higher",
                    "variant size_pusd / control size_pusd (1 = same size)"),
     )
 }

@@ -36,6 +36,7 @@ import yaml
 import experimenttracker_pipeline.stats as st
 from experimenttracker_pipeline.model import fields as f
 from experimenttracker_pipeline.model.contract import (
+    METRICS,
     PRINCIPAL_KINDS,
     RISK_LEVELS,
     SUBJECT_KINDS,
@@ -45,7 +46,7 @@ from experimenttracker_pipeline.stages.design.history import DAY_MS, HISTORY_MET
 
 __all__ = [
     "DesignRequest", "Proposal", "VagueRequest", "NoHistory", "propose", "propose_design", "planned_pairs",
-    "rollout_plan", "MIN_PAIRING_HISTORY", "CI_METHODS", "METRIC_DIRECTION",
+    "rollout_plan", "MIN_PAIRING_HISTORY", "CI_METHODS",
 ]
 
 CI_METHODS = ("always_valid", "fixed_horizon")
@@ -56,8 +57,7 @@ MIN_PAIRING_HISTORY = 200
 # EXPERIMENTTRACKER_EVALUATION_STEP_PCT); used only to count the expected looks.
 EVALUATION_GROWTH = 0.10
 DEFAULT_ONLINE_SHARE_CAP_BP = 1000
-# Higher is better for these metrics (objective weight sign, spec 4); slippage is minimised.
-METRIC_DIRECTION = {"edge_delta_bps": 1, "slippage_delta_bps": -1, "fill_quality_delta": 1}
+# Metrics the monitoring plan watches as guardrails besides the primary one.
 GUARDRAILS = ("slippage_delta_bps", "fill_quality_delta")
 STALL_AFTER_SECONDS = 3600
 
@@ -231,7 +231,7 @@ class Proposal:
             decl["planned_max_samples"] = self.samples_per_arm
         decl["mde_bps"] = _plain(req.mde_bps)
         decl["expected_sd_bps"] = _plain(round(self.sd_delta, 6))
-        direction = METRIC_DIRECTION[req.metric]
+        direction = 1 if METRICS[req.metric].better == "higher" else -1  # the objective's sign
         surface: dict[str, Any] = {
             "id": f"{self.experiment_id}-surface",
             "objectives": {"primary": [{"name": req.metric, "weight_bp": 10000 * direction}]},

@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 MS_PER_DAY = 86_400_000
 
 # Which way each surface metric is better, for non-inferiority margins ("not worse than control by more than m").
-METRIC_BETTER = {"edge_delta_bps": "higher", "slippage_delta_bps": "lower", "fill_quality_delta": "higher",
-                 "fill_size_ratio": "higher"}
+METRIC_BETTER = {name: spec.better for name, spec in METRICS.items()}
 
 
 def _non_inferiority(stats: st.SufficientStats, neutral: float, margin: float, better: str,
