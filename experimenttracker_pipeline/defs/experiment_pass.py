@@ -14,6 +14,8 @@ those experiments). A stop request (SIGINT/SIGTERM, or terminating the run in th
 between two experiments.
 """
 
+from pathlib import Path
+
 import dagster as dg
 
 from experimenttracker_pipeline.defs.causal_effects import causal_estimates, causal_metadata
@@ -42,6 +44,8 @@ from experimenttracker_pipeline.orchestration.experiment_pass import ExperimentO
 from experimenttracker_pipeline.orchestration.instance import pool_storage_connections
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.stages.ingestion.queries import newest_batch_by_slug
+from experimenttracker_pipeline.stages.reporting import charts
+from experimenttracker_pipeline.stages.reporting.renders import render_stale_reports
 from experimenttracker_pipeline.stages.promotion.signoff import promotion_violations
 from experimenttracker_pipeline.stages.samples.queries import sample_head
 
@@ -72,11 +76,6 @@ def _log_materializations(context: dg.OpExecutionContext, db, outcome: Experimen
 def _render_reports(context: dg.OpExecutionContext, db, reports_dir: str, evaluated: list[str], *, limit: int) -> None:
     """Render the HTML reports of up to ``limit`` of this step's evaluated experiments (newest verdict first) and
     show each on its verdicts partition (link and CI-over-time chart). A failure is logged, never fails the step."""
-    from pathlib import Path
-
-    from experimenttracker_pipeline.stages.reporting import charts
-    from experimenttracker_pipeline.stages.reporting.renders import render_stale_reports
-
     if not evaluated:
         return
     try:

@@ -14,6 +14,7 @@ from experimenttracker_pipeline.defs.resources import (
 )
 from experimenttracker_pipeline.stages.governance import operations as governance_ops
 from experimenttracker_pipeline.stages.reporting import verdict_view
+from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report
 from experimenttracker_pipeline.stages.verdict.decision import VerdictResult, decide
 from experimenttracker_pipeline.defs.metadata import number_or_null
 from experimenttracker_pipeline.defs.causal_effects import causal_estimates
@@ -68,7 +69,7 @@ def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None, 
         # missing), not at every look; the sign-off job and `experimenttracker report` rewrite it too.
         path = Path(reports_dir) / f"{result.experiment_id}.html"
         if write_report and (result.report is not None or not path.exists()):
-            path = verdict_view.write_report(db, result.experiment_id, Path(reports_dir))
+            path = write_experiment_report(db, result.experiment_id, path)
         if path is not None and path.exists():
             metadata["html_report"] = dg.MetadataValue.path(str(path))
             metadata["html_report_url"] = dg.MetadataValue.url(path.resolve().as_uri())

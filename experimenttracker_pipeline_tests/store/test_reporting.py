@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from experimenttracker_pipeline.stages.reporting.html_report import write_reports
+from experimenttracker_pipeline.stages.reporting.renders import render_stale_reports
 from experimenttracker_pipeline.stages.reporting.overview import (
     ci_points,
     decision_look,
@@ -40,7 +40,7 @@ def test_overview_and_report_of_a_losing_variant(store, workdirs, tmp_path):
     points = ci_points(store, "exp_a", evaluation)
     assert points[-1].n == 120 and points[-1].estimate == pytest.approx(verdict["edge_delta_bps"], abs=0.6)
     assert points[-1].low < points[-1].estimate < points[-1].high
-    written = write_reports(store, tmp_path / "reports", ["exp_a"])
+    written = render_stale_reports(store, tmp_path / "reports", ["exp_a"], limit=None).written
     page = written["exp_a"].read_text()
     assert 'id="results"' in page and "deciding CI" in page and 'id="ci-over-time"' in page
     assert "exp_a.html" in (tmp_path / "reports" / "index.html").read_text()

@@ -216,14 +216,3 @@ def write_index(store: Store, reports_dir: Path) -> Path:
     path = reports_dir / INDEX
     path.write_text(render_index(rows, overview_forest(rows)), encoding="utf-8")
     return path
-
-
-def write_reports(store: Store, reports_dir: Path, experiment_ids: Iterable[str]) -> dict[str, Path]:
-    """Write the reports of ``experiment_ids`` and the index into ``reports_dir``; {experiment_id: path}."""
-    written = {}
-    for experiment_id in experiment_ids:
-        path = write_experiment_report(store, experiment_id, Path(reports_dir) / f"{experiment_id}.html")
-        if path is not None:
-            written[experiment_id] = path
-    write_index(store, Path(reports_dir))
-    return written

@@ -4,7 +4,6 @@ progress, harmed segments, reason codes and stop rules as markdown; numbers roun
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Mapping
 
 from experimenttracker_pipeline.stages.intervals.queries import latest_evaluation
@@ -73,10 +72,3 @@ def verdict_summary(store: Store, experiment_id: str, verdict: Mapping[str, Any]
         "reason_codes_md": "\n".join(f"- `{c}`" for c in codes) if codes else "None.",
         "stop_rules_md": stop_rules_markdown(verdict.get("stop_rules")),
     }
-
-
-def write_report(store: Store, experiment_id: str, reports_dir: Path) -> Path | None:
-    """Write the experiment's HTML report and refresh the index; the report's path (None before a verdict)."""
-    from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report
-
-    return write_experiment_report(store, experiment_id, Path(reports_dir) / f"{experiment_id}.html")
