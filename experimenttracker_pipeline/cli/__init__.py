@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from experimenttracker_pipeline.cli import design as cli_design
 from experimenttracker_pipeline.cli import governance as cli_governance
@@ -26,11 +26,18 @@ from experimenttracker_pipeline.store import Store, StoreUnavailable
 from experimenttracker_pipeline.store.migrations import MigrationError
 from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal_all
 from experimenttracker_pipeline.stages.reporting.deciding import deciding_ci, fmt_interval, supporting_intervals
-from experimenttracker_pipeline.stages.declarations.queries import experiment_row, experiment_rows, set_experiment_status
+from experimenttracker_pipeline.model.experiment import experiment_from_row
+from experimenttracker_pipeline.stages.declarations.queries import (
+    comparison_rows,
+    experiment_row,
+    experiment_rows,
+    set_experiment_status,
+)
 from experimenttracker_pipeline.stages.drift.queries import signals
 from experimenttracker_pipeline.stages.ingestion.queries import landing_state, newest_batch_by_slug
 from experimenttracker_pipeline.stages.publishing.queries import unpublished_count
 from experimenttracker_pipeline.stages.samples.queries import pairing_states, sensor_snapshot
+from experimenttracker_pipeline.stages.verdict.decision import experiment_overall
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdicts
 
 
@@ -179,7 +186,7 @@ def run_pipeline(settings: Settings, *, experiment_ids: Sequence[str] | None = N
     # 2. partitions: one per stored experiment, none without one (Dagster's view of what exists)
     partitions = instance.get_dynamic_partitions("experiments")
     snapshot = sensor_snapshot(store)
-    add, delete = due_work.partition_changes(partitions, [r["experiment_id"] for r in snapshot])
+    add, delete = due_work.partition_changes(partitions, due_work.partition_keys(snapshot))
     if add:
         instance.add_dynamic_partitions("experiments", add)
     for key in delete:
@@ -286,50 +293,98 @@ def run_backfill(settings: Settings, *, experiment_ids: Sequence[str] = (), per_
 
 
 def status_rows(store: Store) -> list[dict[str, Any]]:
-    """One row per experiment: identity, sample and orphan counts, and the latest evaluation when there is one."""
-    states = pairing_states(store)
-    verdicts = latest_verdicts(store)
-    causal = latest_causal_all(store)
-    signal_rows = {s["experiment_id"]: s for s in signals(store)}
+    """One row per experiment: identity, sample and orphan counts, and the latest evaluation when there is one, and
+    a ``variants`` object keyed by the contract's treatment variant ids. An A/B/n experiment's fields are its overall
+    verdict (`verdict.decision.experiment_overall`); its ``variants`` are its comparisons' own verdicts."""
+    context = {"states": pairing_states(store), "verdicts": latest_verdicts(store), "causal": latest_causal_all(store),
+               "signals": {s["experiment_id"]: s for s in signals(store)}}
     rows = []
-    for exp in experiment_rows(store):
-        state = states.get(exp["experiment_id"], {})
-        last_ms = state.get("last_sample_at_ms")
-        row: dict[str, Any] = {
-            "experiment_id": exp["experiment_id"],
-            "mode": exp["mode"],
-            "status": exp["status"],
-            "variant_slug": exp["variant_slug"],
-            "control_slug": exp["control_slug"],
-            "samples": int(state.get("samples", 0)),
-            "orphans": int(state.get("orphan_variant", 0)) + int(state.get("orphan_control", 0)),
-            "orphan_variant_fills": int(state.get("orphan_variant", 0)),
-            "orphan_control_fills": int(state.get("orphan_control", 0)),
-            "last_sample_at": (datetime.fromtimestamp(last_ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-                               if last_ms is not None else None),
+    for exp in experiment_rows(store, comparisons=False):
+        experiment = None
+        try:
+            experiment = experiment_from_row(exp)
+        except Exception:  # noqa: BLE001 - a set-aside declaration is still listed, without its variants
+            pass
+        comparisons = comparison_rows(store, exp["experiment_id"])
+        if not comparisons:
+            row = _unit_status(store, exp, context)
+            if experiment is not None:
+                treatment = experiment.contract.treatments[0]
+                row["variants"] = {treatment.id: {
+                    "variant_slug": treatment.slug, "verdict": row.get("verdict"), "ci_95_low": row.get("ci_95_low"),
+                    "ci_95_high": row.get("ci_95_high"), "samples": row["samples"],
+                    "drift_signalled": bool(row.get("drift_signalled")),
+                    "promotion_state": row.get("promotion_state")}}
+            rows.append(row)
+            continue
+        units = {c["variant_id"]: _unit_status(store, c, context) for c in comparisons}
+        overall = experiment_overall(store, exp["experiment_id"]) or {}
+        row = {
+            "experiment_id": exp["experiment_id"], "mode": exp["mode"], "status": exp["status"],
+            "variant_slug": overall.get("winning_variant_slug"), "control_slug": exp["control_slug"],
+            "samples": sum(u["samples"] for u in units.values()),
+            "orphan_variant_fills": sum(u["orphan_variant_fills"] for u in units.values()),
+            "orphan_control_fills": max((u["orphan_control_fills"] for u in units.values()), default=0),
+            "last_sample_at": max((u["last_sample_at"] for u in units.values() if u["last_sample_at"]), default=None),
         }
-        verdict_row = verdicts.get(exp["experiment_id"])
-        if verdict_row is not None:
-            v = json.loads(verdict_row["verdict_json"])
-            row.update({key: v.get(key) for key in (
-                "verdict", "ci_95_low", "ci_95_high", "fixed_ci_95_low", "fixed_ci_95_high", "edge_delta_bps", "p_value",
-                "power", "reason_codes", "plain_english")})
-            row["samples_evaluated"] = v.get("samples")
-            row["ci_method"] = v.get("basis")
-            # The same name on every surface: the one interval the verdict was decided on, then the others.
-            row["deciding_ci"] = {k: ci[k] for k in ("method", "method_name", "estimate_bps", "ci_95_low", "ci_95_high", "why")
-                                  } if (ci := deciding_ci(v)) else None
-            causal_doc = json.loads(causal[exp["experiment_id"]]["result_json"]) if exp["experiment_id"] in causal else None
-            row["supporting_evidence"] = supporting_intervals(v, causal_doc)
-            row["drift_signalled"] = exp["experiment_id"] in signal_rows
-            signal = signal_rows.get(exp["experiment_id"])
-            row["drift_delivery"] = signal["delivery_status"] if signal else None
-            row["verdict_report_id"] = latest_result_report_id(store, exp["experiment_id"])
-            row["promotion_state"] = promotion_state(store, exp["experiment_id"]).state
-        if exp["experiment_id"] in causal:
-            row["causal"] = _causal_summary(json.loads(causal[exp["experiment_id"]]["result_json"]))
+        row["orphans"] = row["orphan_variant_fills"] + row["orphan_control_fills"]
+        if any("verdict" in u for u in units.values()):
+            row.update({k: overall.get(k) for k in (
+                "verdict", "winning_variant", "ci_95_low", "ci_95_high", "edge_delta_bps", "ci_variant", "drift_signalled",
+                "ranking", "pareto_set", "multiple_testing", "reason_codes", "plain_english")})
+            row["samples_evaluated"] = sum(u.get("samples_evaluated") or 0 for u in units.values())
+        row["variants"] = {}
+        for vid, unit in units.items():
+            summary = (overall.get("variants") or {}).get(vid, {})
+            row["variants"][vid] = {
+                "variant_slug": summary.get("variant_slug", unit["variant_slug"]), "verdict": unit.get("verdict"),
+                "ci_95_low": unit.get("ci_95_low"), "ci_95_high": unit.get("ci_95_high"), "samples": unit["samples"],
+                "drift_signalled": bool(unit.get("drift_signalled")), "experiment_id": unit["experiment_id"],
+                "edge_delta_bps": unit.get("edge_delta_bps"), "ci_method": unit.get("ci_method"),
+                "promotion_state": unit.get("promotion_state"), "verdict_report_id": unit.get("verdict_report_id")}
         rows.append(row)
     return rows
+
+
+def _unit_status(store: Store, exp: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """The status of one unit of evaluation (an experiment with one treatment, or a comparison)."""
+    states, verdicts, causal, signal_rows = context["states"], context["verdicts"], context["causal"], context["signals"]
+    state = states.get(exp["experiment_id"], {})
+    last_ms = state.get("last_sample_at_ms")
+    row: dict[str, Any] = {
+        "experiment_id": exp["experiment_id"],
+        "mode": exp["mode"],
+        "status": exp["status"],
+        "variant_slug": exp["variant_slug"],
+        "control_slug": exp["control_slug"],
+        "samples": int(state.get("samples", 0)),
+        "orphans": int(state.get("orphan_variant", 0)) + int(state.get("orphan_control", 0)),
+        "orphan_variant_fills": int(state.get("orphan_variant", 0)),
+        "orphan_control_fills": int(state.get("orphan_control", 0)),
+        "last_sample_at": (datetime.fromtimestamp(last_ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+                           if last_ms is not None else None),
+    }
+    verdict_row = verdicts.get(exp["experiment_id"])
+    if verdict_row is not None:
+        v = json.loads(verdict_row["verdict_json"])
+        row.update({key: v.get(key) for key in (
+            "verdict", "ci_95_low", "ci_95_high", "fixed_ci_95_low", "fixed_ci_95_high", "edge_delta_bps", "p_value",
+            "power", "reason_codes", "plain_english")})
+        row["samples_evaluated"] = v.get("samples")
+        row["ci_method"] = v.get("basis")
+        # The same name on every surface: the one interval the verdict was decided on, then the others.
+        row["deciding_ci"] = {k: ci[k] for k in ("method", "method_name", "estimate_bps", "ci_95_low", "ci_95_high", "why")
+                              } if (ci := deciding_ci(v)) else None
+        causal_doc = json.loads(causal[exp["experiment_id"]]["result_json"]) if exp["experiment_id"] in causal else None
+        row["supporting_evidence"] = supporting_intervals(v, causal_doc)
+        row["drift_signalled"] = exp["experiment_id"] in signal_rows
+        signal = signal_rows.get(exp["experiment_id"])
+        row["drift_delivery"] = signal["delivery_status"] if signal else None
+        row["verdict_report_id"] = latest_result_report_id(store, exp["experiment_id"])
+        row["promotion_state"] = promotion_state(store, exp["experiment_id"]).state
+    if exp["experiment_id"] in causal:
+        row["causal"] = _causal_summary(json.loads(causal[exp["experiment_id"]]["result_json"]))
+    return row
 
 
 def _causal_summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -347,14 +402,14 @@ def _refresh_after_signoff(settings: Settings, store: Store, experiment_id: str,
 
     from experimenttracker_pipeline.defs.overview import overview_materialization
     from experimenttracker_pipeline.defs.promotion import promotion_metadata
-    from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report
+    from experimenttracker_pipeline.stages.reporting.html_report import report_file_name, write_experiment_report
 
     reports_dir = settings.data_dir / "reports"
     try:
         instance = _dagster_instance(settings)
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key="promotions", partition=experiment_id, metadata=promotion_metadata(result)))
-        write_experiment_report(store, experiment_id, reports_dir / f"{experiment_id}.html")
+        write_experiment_report(store, experiment_id, reports_dir / report_file_name(experiment_id))
         instance.report_runless_asset_event(overview_materialization(store, str(reports_dir)))
     except Exception as exc:  # noqa: BLE001 - the sign-off stands; the views catch up at the next evaluation
         print(f"experimenttracker: signed off, but the Dagster views were not refreshed: {type(exc).__name__}: {exc}",
@@ -362,12 +417,12 @@ def _refresh_after_signoff(settings: Settings, store: Store, experiment_id: str,
 
 
 def _report(settings: Settings, experiment_id: str, out: str | None) -> int:
-    from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report, write_index
+    from experimenttracker_pipeline.stages.reporting.html_report import report_file_name, write_experiment_report, write_index
 
     store = _store(settings)
     if experiment_row(store, experiment_id) is None:
         raise CliError(f"no such experiment: {experiment_id}")
-    path = Path(out).resolve() if out else settings.data_dir / "reports" / f"{experiment_id}.html"
+    path = Path(out).resolve() if out else settings.data_dir / "reports" / report_file_name(experiment_id)
     if path.is_dir():
         raise CliError(f"--out {path} is a folder; name the HTML file to write")
     if write_experiment_report(store, experiment_id, path) is None:
@@ -382,7 +437,7 @@ def _report_all(settings: Settings) -> int:
 
     store = _store(settings)
     reports_dir = settings.data_dir / "reports"
-    rendering = render_stale_reports(store, reports_dir, [r["experiment_id"] for r in experiment_rows(store)], limit=None)
+    rendering = render_stale_reports(store, reports_dir, [r["experiment_id"] for r in experiment_rows(store, units=True)], limit=None)
     index = rendering.index or reports_dir / "index.html"
     print(f"wrote {len(rendering.written)} report(s) into {reports_dir} (the others were current); index: {index}")
     return 0
@@ -399,7 +454,16 @@ def _print_table(rows: list[dict[str, Any]], out) -> None:
             return fmt_interval(r[c]["ci_95_low"], r[c]["ci_95_high"])
         return "" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r[c]))
 
-    table = [[cell(r, c) for c in columns] for r in rows]
+    shown = []
+    for r in rows:
+        shown.append(r)
+        # An A/B/n experiment's comparisons, indented under its overall verdict.
+        for v in (r.get("variants") or {}).values():
+            if "experiment_id" in v:
+                shown.append({**v, "experiment_id": f"  {v['experiment_id']}", "mode": r["mode"], "orphans": None,
+                              "deciding_ci": {"ci_95_low": v["ci_95_low"], "ci_95_high": v["ci_95_high"]}
+                              if v.get("ci_95_low") is not None else None})
+    table = [[cell(r, c) for c in columns] for r in shown]
     widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=out)
     for t in table:

@@ -22,7 +22,8 @@ def experiments(context: dg.AssetExecutionContext, store: ExperimentStoreResourc
     db = store.get_store()
     sync = sync_declarations(db, settings.experiments_path, default_caliper_seconds=settings.caliper_seconds)
     known = set(context.instance.get_dynamic_partitions(experiment_partitions.name))
-    stored = [row["experiment_id"] for row in experiment_rows(db)]
+    # One partition per unit of evaluation: an experiment, or each treatment comparison of an A/B/n experiment.
+    stored = [row["experiment_id"] for row in experiment_rows(db, units=True)]
     missing = [e for e in stored if e not in known]
     if missing:
         context.instance.add_dynamic_partitions(experiment_partitions.name, missing)

@@ -22,7 +22,7 @@ from experimenttracker_pipeline.stages.promotion.signoff import (
 )
 from experimenttracker_pipeline.stages.promotion import signoff as signoff_stage
 from experimenttracker_pipeline.stages.promotion.signoff import awaiting_signoff
-from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report
+from experimenttracker_pipeline.stages.reporting.html_report import report_file_name, write_experiment_report
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id
 from experimenttracker_pipeline.defs.verdict import verdicts
 
@@ -113,7 +113,7 @@ def record_signoff(context: dg.OpExecutionContext, config: SignoffConfig, store:
     log_partition_check(context, promotions.key, PROMOTION_CHECK, experiment_id, records.get(experiment_id),
                         signoff_check_result(experiment_id, promotion_violations(db, experiment_id)))
     if store.reports_dir:
-        write_experiment_report(db, experiment_id, Path(store.reports_dir) / f"{experiment_id}.html")
+        write_experiment_report(db, experiment_id, Path(store.reports_dir) / report_file_name(experiment_id))
     log_overview(context, db, store.reports_dir)
 
 

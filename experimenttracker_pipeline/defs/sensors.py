@@ -103,7 +103,7 @@ def new_experiments_sensor(context: dg.SensorEvaluationContext, store: Experimen
         rows = sensor_snapshot(store.get_store())
     except StoreUnavailable as exc:
         return dg.SkipReason(f"experiment store unavailable: {exc}")
-    add, delete = sensing.partition_changes(partitions, [r["experiment_id"] for r in rows])
+    add, delete = sensing.partition_changes(partitions, sensing.partition_keys(rows))
     partition_requests = []
     if add:
         partition_requests.append(experiment_partitions.build_add_request(add))

@@ -14,7 +14,7 @@ from experimenttracker_pipeline.defs.resources import (
 )
 from experimenttracker_pipeline.stages.governance import operations as governance_ops
 from experimenttracker_pipeline.stages.reporting import verdict_view
-from experimenttracker_pipeline.stages.reporting.html_report import write_experiment_report
+from experimenttracker_pipeline.stages.reporting.html_report import report_file_name, write_experiment_report
 from experimenttracker_pipeline.stages.verdict.decision import VerdictResult, decide
 from experimenttracker_pipeline.defs.metadata import number_or_null
 from experimenttracker_pipeline.defs.causal_effects import causal_estimates
@@ -67,7 +67,7 @@ def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None, 
     if reports_dir:
         # The HTML report follows the EXPERIMENT_RESULT reports: rewritten when one is emitted (or the file is
         # missing), not at every look; the sign-off job and `experimenttracker report` rewrite it too.
-        path = Path(reports_dir) / f"{result.experiment_id}.html"
+        path = Path(reports_dir) / report_file_name(result.experiment_id)
         if write_report and (result.report is not None or not path.exists()):
             path = write_experiment_report(db, result.experiment_id, path)
         if path is not None and path.exists():

@@ -12,6 +12,7 @@ distinct stored declaration once per process.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -83,6 +84,11 @@ class Experiment:
     causal: CausalPlan
     contract: ExperimentContract
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # A treatment comparison of an A/B/n experiment (see `comparisons`): the experiment it belongs to, the
+    # treatment's variant id, and how many treatments share the family-wise error rate.
+    parent: "Experiment | None" = field(default=None, compare=False, hash=False, repr=False)
+    variant_id: str | None = None
+    family_size: int = 1
 
     @property
     def started_at_ms(self) -> int:
@@ -103,6 +109,55 @@ class Experiment:
         canonical = json.dumps(to_json(self.raw, sig=None), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    @property
+    def is_comparison(self) -> bool:
+        return self.parent is not None
+
+    @property
+    def governing(self) -> "Experiment":
+        """The experiment whose contract and approvals govern this one (a comparison's parent, else itself)."""
+        return self.parent or self
+
+    @property
+    def has_comparisons(self) -> bool:
+        """An A/B/n experiment: several treatments, each evaluated as its own comparison against the control."""
+        return self.parent is None and len(self.contract.treatments) > 1
+
+    @property
+    def srm_split_pct(self) -> float:
+        """The variant's expected share of the fills of this comparison's two arms (the sample-ratio check)."""
+        if self.parent is None:
+            return self.traffic_split_pct
+        mine = self.contract.treatments[0].traffic_share_bp
+        return 100.0 * mine / (mine + self.contract.control.traffic_share_bp)
+
+    def comparisons(self) -> tuple["Experiment", ...]:
+        """One comparison per treatment of an A/B/n experiment (none for one treatment): that treatment against
+        the shared control, with id ``<experiment_id>/<variant_id>``. Each is evaluated at alpha / k (Bonferroni
+        over the k treatments), so the chance of any false verdict across them stays at the declared level."""
+        if not self.has_comparisons:
+            return ()
+        return tuple(self.comparison(v.id) for v in self.contract.treatments)
+
+    def comparison(self, variant_id: str) -> "Experiment":
+        """The comparison of treatment ``variant_id`` against the control (see `comparisons`)."""
+        treatment = self.contract.variant(variant_id)
+        if treatment.is_control:
+            raise KeyError(f"{variant_id!r} is the control, not a treatment")
+        comparison_id = f"{self.experiment_id}/{variant_id}"
+        contract = dataclasses.replace(
+            self.contract, experiment_id=comparison_id, variant_slug=treatment.slug,
+            traffic_split_bp=treatment.traffic_share_bp, variants=(self.contract.control, treatment))
+        subject = f"strategy:{treatment.slug}" if self.subject_kind_is_strategy else self.subject
+        return dataclasses.replace(
+            self, experiment_id=comparison_id, variant_slug=treatment.slug, subject=subject,
+            traffic_split_pct=treatment.traffic_share_bp / 100.0, contract=contract, parent=self,
+            variant_id=variant_id, family_size=len(self.contract.treatments))
+
+    @property
+    def subject_kind_is_strategy(self) -> bool:
+        return self.subject.split(":", 1)[0] == "strategy"
+
     def to_row(self) -> dict[str, Any]:
         """The ``experiments`` row that registers this experiment."""
         return {
@@ -121,6 +176,8 @@ class Experiment:
             "declaration_sha256": self.declaration_sha256,
             "declaration_json": self.declaration_json,
             "source_file": self.source_file,
+            "parent_experiment_id": self.parent.experiment_id if self.parent is not None else None,
+            "variant_id": self.variant_id,
         }
 
 
@@ -206,8 +263,12 @@ def parse_experiment(raw: Any, source: str, *,
 
 def experiment_from_row(row: Mapping[str, Any]) -> Experiment:
     """The :class:`Experiment` of a stored ``experiments`` row: its stored declaration, parsed with the caliper
-    default it was registered with. Each distinct stored declaration is parsed once per process."""
-    return _stored_experiment(row["declaration_json"], row["source_file"], float(row["caliper_seconds"]))
+    default it was registered with. Each distinct stored declaration is parsed once per process. A comparison's row
+    stores its experiment's declaration: the comparison is derived from it."""
+    experiment = _stored_experiment(row["declaration_json"], row["source_file"], float(row["caliper_seconds"]))
+    if row.get("variant_id") is not None:
+        return experiment.comparison(row["variant_id"])
+    return experiment
 
 
 @lru_cache(maxsize=1024)

@@ -151,8 +151,11 @@ def due_experiments(snapshot: Iterable[Mapping[str, Any]], newest_batch_by_slug:
     wanted = set(only) if only is not None else None
     out = []
     for row in snapshot:
-        if row.get("status") in (PAUSED, SET_ASIDE) or (wanted is not None and row["experiment_id"] not in wanted):
+        if row.get("status") in (PAUSED, SET_ASIDE) or (wanted is not None and row["experiment_id"] not in wanted
+                                                        and row.get("parent_experiment_id") not in wanted):
             continue  # a paused experiment's fills stay stored and pair when it is resumed
+        if row.get("has_comparisons"):
+            continue  # an A/B/n experiment is paired and evaluated as its comparisons (their own rows)
         samples = int(row["samples"] or 0)
         evaluated = row.get("evaluated_samples")
         pair = pairing_due(row, newest_batch_by_slug)
@@ -225,6 +228,12 @@ def plan_pass_requests(due: Sequence[DueExperiment], cursor: dict[str, Any], now
     return out
 
 
+def partition_keys(snapshot: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The partition keys of the stored experiments: one per unit of evaluation (an experiment with one treatment,
+    or each treatment comparison ``<experiment_id>/<variant_id>`` of an A/B/n experiment)."""
+    return [r["experiment_id"] for r in snapshot if not r.get("has_comparisons")]
+
+
 def partition_changes(partitions: Sequence[str], stored: Iterable[str]) -> tuple[list[str], list[str]]:
     """(partitions to add, partitions to delete): every stored experiment has its partition, and a partition no
     declared experiment backs (a key typed into the UI, say) is removed. Read the partitions *before* the stored
@@ -264,8 +273,8 @@ def stall_changes(snapshot: Iterable[Mapping[str, Any]], open_stalls: Mapping[st
     changes = []
     for row in snapshot:
         experiment_id = row["experiment_id"]
-        if row["status"] not in ("active", "stalled"):
-            continue
+        if row["status"] not in ("active", "stalled") or row.get("has_comparisons"):
+            continue  # an A/B/n experiment stalls per comparison
         last = row.get("last_appended_at_ms") or row.get("registered_at_ms") or now_ms
         stall = open_stalls.get(experiment_id)
         if stall is None:

@@ -103,6 +103,9 @@ def process_experiment(store: Store, registry: StrategyRegistry, experiment_id: 
             if row.get("status") == PAUSED:
                 outcome.notes.append("paused: not paired or evaluated until resumed")
                 return outcome
+            if row.get("has_comparisons"):
+                outcome.notes.append("A/B/n experiment: paired and evaluated as its comparisons, one per treatment")
+                return outcome
             if row.get("status") == SET_ASIDE:
                 outcome.notes.append("set aside: its stored declaration cannot be used (see the experiments asset)")
                 return outcome

@@ -77,9 +77,15 @@ experiments = sa.Table(
     sa.Column("status", sa.Text, nullable=False, server_default="active"),
     _at("created_at"),
     sa.Column("registered_at_ms", sa.BigInteger),
+    # A treatment comparison of an A/B/n experiment (one treatment against the shared control, with its own
+    # samples, verdict, drift signal and promotion): the experiment it belongs to and the treatment's variant id.
+    # NULL on experiments themselves. Its experiment_id is "<experiment_id>/<variant_id>".
+    sa.Column("parent_experiment_id", sa.Text),
+    sa.Column("variant_id", sa.Text),
     sa.CheckConstraint("mode IN ('shadow_only', 'limited_live')", name="experiments_mode_check"),
     sa.CheckConstraint("traffic_split_pct > 0 AND traffic_split_pct <= 100", name="experiments_traffic_split_pct_check"),
     sa.CheckConstraint("min_samples_for_decision >= 2", name="experiments_min_samples_for_decision_check"),
+    sa.Index("experiments_parent", "parent_experiment_id"),
 )
 
 landing_files = sa.Table(
@@ -476,5 +482,6 @@ APPEND_ONLY = ("experiment_samples", "experiment_evaluations", "experiment_verdi
 DECLARATION_COLUMNS = ("experiment_id", "principal", "subject", "variant_slug", "control_slug", "mode",
                        "traffic_split_pct", "min_samples_for_decision", "auto_promote_on_winning",
                        "require_human_signoff", "started_at_ms", "caliper_seconds", "declaration_sha256",
-                       "declaration_json", "source_file", "created_at", "registered_at_ms")
+                       "declaration_json", "source_file", "created_at", "registered_at_ms",
+                       "parent_experiment_id", "variant_id")
 

@@ -23,12 +23,33 @@ def experiment_row(store: Store, experiment_id: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def experiment_rows(store: Store, status: str | None = None) -> list[dict[str, Any]]:
-    """Every recorded experiment (or those in ``status``), by experiment_id."""
+def has_comparisons(table: sa.Table = experiments) -> sa.ColumnElement[bool]:
+    """Whether a row of ``table`` (``experiments`` or an alias of it) is an A/B/n experiment with comparisons."""
+    child = experiments.alias("comparison")
+    return sa.exists().where(child.c.parent_experiment_id == table.c.experiment_id)
+
+
+def experiment_rows(store: Store, status: str | None = None, *, units: bool = False,
+                    comparisons: bool = True) -> list[dict[str, Any]]:
+    """Every recorded experiment (or those in ``status``), by experiment_id, A/B/n comparisons included.
+
+    ``units``: only what is paired and evaluated (an experiment with one treatment, or a comparison of an A/B/n
+    experiment), never an A/B/n experiment itself. ``comparisons=False``: the experiments as declared (no
+    comparisons)."""
     query = sa.select(experiments).order_by(experiments.c.experiment_id)
     if status is not None:
         query = query.where(experiments.c.status == status)
+    if units:
+        query = query.where(~has_comparisons())
+    if not comparisons:
+        query = query.where(experiments.c.parent_experiment_id.is_(None))
     return store.rows(query)
+
+
+def comparison_rows(store: Store, experiment_id: str) -> list[dict[str, Any]]:
+    """The treatment comparisons of an A/B/n experiment, by variant id (empty for one treatment)."""
+    e = experiments.c
+    return store.rows(sa.select(experiments).where(e.parent_experiment_id == experiment_id).order_by(e.variant_id))
 
 
 def register_experiment(store: Store, experiment: Experiment, contract: Mapping[str, Any] | None = None,
@@ -48,6 +69,10 @@ def register_experiment(store: Store, experiment: Experiment, contract: Mapping[
             row["registered_at_ms"] = int(time.time() * 1000)
             result = conn.execute(upsert(conn, experiments).values(row).on_conflict_do_nothing(index_elements=["experiment_id"]))
             outcome = "new" if result.rowcount == 1 else "unchanged"
+            # An A/B/n experiment's treatment comparisons are recorded with it, or not at all.
+            for comparison in experiment.comparisons():
+                conn.execute(upsert(conn, experiments).values({**comparison.to_row(), "registered_at_ms": row["registered_at_ms"]})
+                             .on_conflict_do_nothing(index_elements=["experiment_id"]))
         if contract is not None:
             insert_contract_row(conn, contract)
         bodies = [body for report in reports if (body := store.emit_report(conn, **report)) is not None]
@@ -60,7 +85,8 @@ def experiments_without_contract(store: Store) -> list[dict[str, Any]]:
     """Recorded experiments (not set aside) that have no contract row: registered half-way by an older version."""
     e, c = experiments.c, experiment_contracts.c
     has_contract = sa.exists().where(c.experiment_id == e.experiment_id)
-    return store.rows(sa.select(e.experiment_id, e.source_file).where(e.status != SET_ASIDE, ~has_contract)
+    return store.rows(sa.select(e.experiment_id, e.source_file).where(e.status != SET_ASIDE, ~has_contract,
+                                                                      e.parent_experiment_id.is_(None))
                       .order_by(e.experiment_id))
 
 
@@ -70,9 +96,11 @@ def set_aside_experiment(store: Store, experiment_id: str) -> None:
 
 
 def set_experiment_status(store: Store, experiment_id: str, status: str) -> None:
-    """Set the experiment's status (an operator's pause or resume)."""
+    """Set the experiment's status (an operator's pause or resume), and its comparisons' with it."""
+    e = experiments.c
     with store.begin() as conn:
-        conn.execute(experiments.update().values(status=status).where(experiments.c.experiment_id == experiment_id))
+        conn.execute(experiments.update().values(status=status)
+                     .where(sa.or_(e.experiment_id == experiment_id, e.parent_experiment_id == experiment_id)))
 
 
 def known_experiment_ids(store: Store, experiment_ids: Sequence[str]) -> set[str]:

@@ -48,6 +48,9 @@ def signal_drift(store: Store, experiment_id: str, registry: StrategyRegistry) -
             "drift_z": final.get("drift_z"), "drift_bound": final.get("drift_bound"), "drift_rule": final.get("drift_rule"),
             "basis": final["basis"], "evidence_verdict_id": latest["id"],
         }
+        if experiment.is_comparison:
+            # One treatment of an A/B/n experiment: the signal (and its idempotency key) is this variant's own.
+            payload.update(parent_experiment_id=experiment.parent.experiment_id, variant_id=experiment.variant_id)
         key = f"{experiment_id}:drift:{latest['id']}"
         payload["idempotency_key"] = key
         with store.begin() as conn:

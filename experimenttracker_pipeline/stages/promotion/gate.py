@@ -55,7 +55,7 @@ PROMOTION_DECLARATION_TAMPERED = "PROMOTION_DECLARATION_TAMPERED"
 # The experiments columns that restate a declared value (compared with what the stored declaration says).
 DECLARED_COLUMNS = ("principal", "subject", "variant_slug", "control_slug", "mode", "traffic_split_pct",
                     "min_samples_for_decision", "auto_promote_on_winning", "require_human_signoff", "started_at_ms",
-                    "caliper_seconds", "declaration_sha256")
+                    "caliper_seconds", "declaration_sha256", "experiment_id", "parent_experiment_id", "variant_id")
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def declaration_disagreements(stored: Mapping[str, Any], declared: Mapping[str, 
     if declared is None:
         return problems + ["the stored declaration is not a valid declaration"]
     for column in DECLARED_COLUMNS:
-        if stored[column] != declared[column]:
+        if stored.get(column) != declared.get(column):
             problems.append(f"{column} is {stored[column]!r} but the stored declaration says {declared[column]!r}")
     return problems
 

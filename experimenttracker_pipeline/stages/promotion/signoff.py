@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from experimenttracker_pipeline.model.experiment import experiment_from_row
+from experimenttracker_pipeline.model.experiment import Experiment, experiment_from_row
 from experimenttracker_pipeline.settings import OPERATIONS_TOPIC, AnchorKey, SettingsError, anchor_key
 from experimenttracker_pipeline.stages.promotion.gate import (
     Violation,
@@ -17,7 +17,7 @@ from experimenttracker_pipeline.stages.promotion.gate import (
 )
 from experimenttracker_pipeline.stages.verdict.assembly import EXPERIMENT_RESULT
 from experimenttracker_pipeline.store import Store
-from experimenttracker_pipeline.stages.declarations.queries import experiment_row, experiment_rows
+from experimenttracker_pipeline.stages.declarations.queries import comparison_rows, experiment_row, experiment_rows
 from experimenttracker_pipeline.stages.promotion.queries import (
     insert_promotion,
     insert_signoff,
@@ -26,12 +26,16 @@ from experimenttracker_pipeline.stages.promotion.queries import (
 )
 from experimenttracker_pipeline.stages.samples.anchoring import signoff_hmac, signoff_problem
 from experimenttracker_pipeline.stages.samples.recording import verify_samples
+from experimenttracker_pipeline.stages.verdict.decision import experiment_overall
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdict
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PROMOTED = "EXPERIMENT_PROMOTED"
 PROMOTION_CHECKS_FAILING = "PROMOTION_CHECKS_FAILING"
+# A/B/n: an experiment promotes one variant, its overall winner.
+PROMOTION_NOT_OVERALL_WINNER = "PROMOTION_NOT_OVERALL_WINNER"
+PROMOTION_OTHER_VARIANT_PROMOTED = "PROMOTION_OTHER_VARIANT_PROMOTED"
 
 class SignoffError(ValueError):
     """A sign-off that cannot be recorded (unknown experiment or report, report of another experiment, failing
@@ -69,6 +73,10 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
                                       declaration_problems=problems)
         return PromotionResult(experiment_id, "declaration_tampered", decision.reason_code, decision.detail, False)
     experiment = experiment_from_row(exp)
+    if experiment.is_comparison and report.get("verdict") == "variant_wins":
+        refused = one_variant_problem(store, experiment)
+        if refused is not None:
+            return PromotionResult(experiment_id, "not_promotable", refused[0], refused[1], False)
     recorded_signoffs = signoffs(store, experiment_id)
     decision = promotion_decision(
         auto_promote_on_winning=experiment.auto_promote_on_winning, require_human_signoff=experiment.require_human_signoff,
@@ -97,6 +105,22 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
                                        "verdict_report_id": report_id, "reason_code": decision.reason_code,
                                        "detail": decision.detail})
     return PromotionResult(experiment_id, "promoted", decision.reason_code, decision.detail, promoted)
+
+
+def one_variant_problem(store: Store, comparison: Experiment) -> tuple[str, str] | None:
+    """Why a winning comparison of an A/B/n experiment may not be promoted: another of its variants is promoted
+    already, or this variant is not the overall winner (the best-ranked winning treatment); None when it may."""
+    parent_id = comparison.parent.experiment_id
+    for sibling in comparison_rows(store, parent_id):
+        if sibling["experiment_id"] != comparison.experiment_id and promotions(store, sibling["experiment_id"]):
+            return (PROMOTION_OTHER_VARIANT_PROMOTED,
+                    f"{sibling['experiment_id']} is promoted already: an experiment promotes one variant")
+    overall = experiment_overall(store, parent_id)
+    if overall is not None and overall["winning_variant"] != comparison.variant_id:
+        return (PROMOTION_NOT_OVERALL_WINNER,
+                f"variant {comparison.variant_id} beat the control, but the overall winner of {parent_id} is "
+                f"{overall['winning_variant']} (ranking {', '.join(overall['ranking'])})")
+    return None
 
 
 def record_signoff(store: Store, experiment_id: str, approver: str, report_id: str, note: str | None = None) -> dict[str, Any]:

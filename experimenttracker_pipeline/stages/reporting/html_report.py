@@ -36,6 +36,7 @@ from experimenttracker_pipeline.stages.reporting.overview import (
 from experimenttracker_pipeline.stages.reporting.queries import drift_signal_states
 from experimenttracker_pipeline.stages.intervals.queries import latest_evaluation
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdict
+from experimenttracker_pipeline.stages.reporting.renders import report_file_name
 from experimenttracker_pipeline.store import Store
 
 INDEX = "index.html"
@@ -180,7 +181,7 @@ def render_index(rows: list[dict[str, Any]], forest_png: bytes | None) -> str:
         for n in names:
             value = row[n]
             if n == "experiment_id" and row.get("_ci"):
-                cells.append(f'<td><a href="{escape(value)}.html">{escape(value)}</a></td>')
+                cells.append(f'<td><a href="{escape(report_file_name(value))}">{escape(value)}</a></td>')
             else:
                 cells.append(f"<td>{escape(_cell(value))}</td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
@@ -199,7 +200,7 @@ def render_report(store: Store, experiment_id: str, out: Path) -> tuple[Path, by
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_experiment(data), encoding="utf-8")
-    if out.name == f"{experiment_id}.html":
+    if out.name == report_file_name(experiment_id):
         mark_rendered(out.parent, {experiment_id: data["verdict_id"]})
     return out, data["ci_chart"]
 

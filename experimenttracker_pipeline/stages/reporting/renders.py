@@ -17,6 +17,12 @@ from pathlib import Path
 from experimenttracker_pipeline.stages.reporting.queries import latest_verdict_ids
 from experimenttracker_pipeline.store import Store
 
+
+def report_file_name(experiment_id: str) -> str:
+    """The report's file name in the reports folder: ``<experiment_id>.html``, with the ``/`` of an A/B/n
+    comparison (``<experiment_id>/<variant_id>``) written as ``--`` so every report stays in the one folder."""
+    return experiment_id.replace("/", "--") + ".html"
+
 RENDERED = ".rendered.json"
 
 
@@ -47,7 +53,7 @@ def stale_reports(store: Store, reports_dir: Path, experiment_ids: list[str]) ->
     latest = latest_verdict_ids(store, list(experiment_ids))
     shown = rendered_verdicts(reports_dir)
     stale = [e for e, vid in latest.items()
-             if shown.get(e) != vid or not (Path(reports_dir) / f"{e}.html").exists()]
+             if shown.get(e) != vid or not (Path(reports_dir) / report_file_name(e)).exists()]
     return sorted(stale, key=lambda e: latest[e], reverse=True)
 
 
@@ -73,7 +79,7 @@ def render_stale_reports(store: Store, reports_dir: Path, experiment_ids: list[s
     if not chosen:
         return result
     for experiment_id in chosen:
-        rendered = render_report(store, experiment_id, Path(reports_dir) / f"{experiment_id}.html")
+        rendered = render_report(store, experiment_id, Path(reports_dir) / report_file_name(experiment_id))
         if rendered is not None:
             result.written[experiment_id], chart = rendered
             if chart:

@@ -15,6 +15,7 @@ from experimenttracker_pipeline.stages.samples.pairing import (
     VARIANT_MODES,
     Candidate,
 )
+from experimenttracker_pipeline.stages.declarations.queries import has_comparisons
 from experimenttracker_pipeline.store import Store, bulk_load, upsert
 from experimenttracker_pipeline.store.schema import (
     experiment_pairing_state,
@@ -60,7 +61,9 @@ def unpaired_candidates(conn: Connection, exp: Mapping[str, Any]) -> tuple[list[
 
     query = sa.select(r.strategy_slug, *(r[f] for f in Candidate.__dataclass_fields__)).where(
         r.recorded_at_ms >= exp["started_at_ms"],
-        sa.or_(r.experiment_id.is_(None), r.experiment_id == experiment_id),
+        # Fills tagged with an A/B/n experiment's id belong to each of its comparisons.
+        sa.or_(r.experiment_id.is_(None), r.experiment_id == experiment_id,
+               r.experiment_id == (exp.get("parent_experiment_id") or experiment_id)),
         sa.or_(sa.and_(r.strategy_slug == exp["variant_slug"], r.mode.in_(list(VARIANT_MODES[exp["mode"]]))),
                sa.and_(r.strategy_slug == exp["control_slug"], r.mode == CONTROL_MODE)),
         unpaired(_samples.variant_report_id), unpaired(_samples.control_report_id))
@@ -116,7 +119,7 @@ def pairing_states(store: Store) -> dict[str, dict[str, Any]]:
 
 
 def sensor_snapshot(store: Store, experiment_id: str | None = None) -> list[dict[str, Any]]:
-    """Per experiment (or the one named), what the sensors and `run` decide from, in one query over small tables
+    """Per experiment (or the one named; A/B/n comparisons included), what the sensors and `run` decide from, in one query over small tables
     (never sample rows): counts, the pairing watermark and the sample count of the latest verdict (the evaluation
     watermark)."""
     e, p, v = experiments.c, experiment_pairing_state.c, experiment_verdicts.c
@@ -124,7 +127,8 @@ def sensor_snapshot(store: Store, experiment_id: str | None = None) -> list[dict
                  .scalar_subquery().label("evaluated_samples"))
     query = (sa.select(e.experiment_id, e.status, e.mode, e.variant_slug, e.control_slug, e.min_samples_for_decision,
                        e.registered_at_ms, e.source_file, sa.func.coalesce(p.samples, 0).label("samples"),
-                       p.last_appended_at_ms, p.paired_through_batch, evaluated)
+                       p.last_appended_at_ms, p.paired_through_batch, evaluated, e.parent_experiment_id,
+                       has_comparisons().label("has_comparisons"))
              .select_from(experiments.outerjoin(experiment_pairing_state, p.experiment_id == e.experiment_id))
              .order_by(e.experiment_id))
     if experiment_id is not None:

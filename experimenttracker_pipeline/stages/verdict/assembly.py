@@ -68,12 +68,16 @@ def assemble_verdict(experiment: Experiment, evaluation: Mapping[str, Any], caus
 def policy_of(experiment: Experiment) -> EvaluationPolicy:
     """The verdict rule's policy from the experiment's core fields and statistics plan."""
     plan = experiment.statistics
+    # A comparison of an A/B/n experiment is one of k tests: each at alpha / k (Bonferroni), and its drift test
+    # split the same way, so the chance of any false verdict or drift signal across the k stays at alpha.
+    k = experiment.family_size
     return EvaluationPolicy(
         min_samples_for_decision=experiment.min_samples_for_decision, ci_method=plan.ci_method,
         expected_samples=plan.expected_samples, planned_looks=plan.planned_looks,
         planned_max_samples=plan.planned_max_samples, mde_bps=plan.mde_bps, expected_sd_bps=plan.expected_sd_bps,
-        mode=experiment.mode, traffic_split_pct=experiment.traffic_split_pct, winsorize_pct=plan.winsorize_pct,
-        drift_margin_bps=plan.drift_margin_bps, prior_mean_bps=plan.prior_mean_bps, prior_sd_bps=plan.prior_sd_bps)
+        mode=experiment.mode, traffic_split_pct=experiment.srm_split_pct, winsorize_pct=plan.winsorize_pct,
+        drift_margin_bps=plan.drift_margin_bps, prior_mean_bps=plan.prior_mean_bps, prior_sd_bps=plan.prior_sd_bps,
+        alpha=EvaluationPolicy.alpha / k, treatments=k)
 
 
 def _always_valid_from_estimate(estimate: float, se: float, n: int, policy: EvaluationPolicy) -> tuple[float, float]:
@@ -158,6 +162,12 @@ def judge_goal_surface(experiment: Experiment, evaluation: Mapping[str, Any], fi
     variant = surface.variant(treatment)
     final["multiple_testing"] = dict(surface.multiple_testing) if family_wise else {
         "correction": "none", "family_size": 1, "alpha": evaluation.get("alpha")}
+    if experiment.family_size > 1:
+        # The comparison's intervals are already at alpha / k: together they are simultaneous at alpha.
+        final["multiple_testing"] = {**final["multiple_testing"], "correction": "bonferroni_across_treatments",
+                                     "family_size": experiment.family_size * final["multiple_testing"]["family_size"],
+                                     "treatments": experiment.family_size, "family_alpha": EvaluationPolicy.alpha,
+                                     "alpha": evaluation.get("alpha")}
     if family_wise and final["verdict"] in (VARIANT_WINS, CONTROL_WINS, "inconclusive"):
         final["edge_verdict"] = final["verdict"]
         final["verdict"] = variant.stat_verdict
@@ -216,7 +226,7 @@ def attach_governance(final: dict[str, Any], experiment: Experiment, status: Gov
     """Record the governance status of the current contract in ``final``; a promotion block adds its flags."""
     final["governance"] = {"risk_level": status.risk.level, "approved": status.approved,
                            "missing_roles": list(status.missing_roles), "promotion_blocked": status.promotion_blocked,
-                           "contract_digest": experiment.contract.digest}
+                           "contract_digest": experiment.governing.contract.digest}
     if status.promotion_blocked:
         final["reason_codes"] = sorted(set(final["reason_codes"]) | set(status.flags or []))
 

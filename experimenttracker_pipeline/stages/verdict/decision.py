@@ -19,9 +19,12 @@ from experimenttracker_pipeline.stages.verdict.assembly import (
 from experimenttracker_pipeline.stages.verdict.rule import materially_changed
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal
-from experimenttracker_pipeline.stages.declarations.queries import experiment_row
+from experimenttracker_pipeline.stages.declarations.queries import comparison_rows, experiment_row
+from experimenttracker_pipeline.stages.drift.queries import signals
+from experimenttracker_pipeline.stages.samples.queries import pairing_states
+from experimenttracker_pipeline.stages.verdict.overall import overall_verdict
 from experimenttracker_pipeline.stages.intervals.queries import latest_evaluation
-from experimenttracker_pipeline.stages.verdict.queries import insert_verdict, last_reported_verdict
+from experimenttracker_pipeline.stages.verdict.queries import insert_verdict, last_reported_verdict, latest_verdict
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,15 @@ def decide(store: Store, experiment_id: str) -> VerdictResult:
     evaluation = json.loads(evaluation_row["evaluation_json"])
     causal_row = latest_causal(store, experiment_id)
     causal = json.loads(causal_row["result_json"]) if causal_row else None
-    governance = governance_ops.governance_status(store, experiment_id, experiment.contract)
+    # A comparison of an A/B/n experiment is governed by its experiment's contract and approvals.
+    governing = experiment.governing
+    governance = governance_ops.governance_status(store, governing.experiment_id, governing.contract)
 
     assembled = assemble_verdict(experiment, evaluation, causal, governance)
 
     final = assembled.final
     if assembled.promotion_blocked:
-        governance_ops.flag_unapproved(store, experiment_id, contract=experiment.contract, status=governance)
+        governance_ops.flag_unapproved(store, governing.experiment_id, contract=governing.contract, status=governance)
     previous = last_reported_verdict(store, experiment_id)
     report = None
     with store.begin() as conn:
@@ -74,3 +79,25 @@ def decide(store: Store, experiment_id: str) -> VerdictResult:
             "drift": bool(final["drift_signalled"]), "report_id": report["report_id"] if report else None,
             "verdict_json": json.dumps(final, sort_keys=True, default=str)})
     return VerdictResult(experiment_id, verdict_id, final, report)
+
+
+def experiment_overall(store: Store, experiment_id: str) -> dict[str, Any] | None:
+    """The overall verdict of an A/B/n experiment from its comparisons' latest verdicts (`overall.overall_verdict`);
+    None for an experiment with one treatment (its own verdict is the overall one)."""
+    row = experiment_row(store, experiment_id)
+    comparisons = comparison_rows(store, experiment_id)
+    if row is None or not comparisons:
+        return None
+    experiment = experiment_from_row(row)
+    signalled = {s["experiment_id"] for s in signals(store, None)}
+    states = pairing_states(store)
+    inputs = {}
+    for comparison in comparisons:
+        cid = comparison["experiment_id"]
+        verdict_row = latest_verdict(store, cid)
+        evaluation_row = latest_evaluation(store, cid)
+        inputs[comparison["variant_id"]] = {
+            "final": json.loads(verdict_row["verdict_json"]) if verdict_row else None,
+            "evaluation": json.loads(evaluation_row["evaluation_json"]) if evaluation_row else None,
+            "samples": int((states.get(cid) or {}).get("samples") or 0), "drift_signalled": cid in signalled}
+    return overall_verdict(experiment, inputs)

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.schema import CreateColumn
 
-from experimenttracker_pipeline.store.schema import APPEND_ONLY, DECLARATION_COLUMNS, sample_chain_anchors, signoffs
+from experimenttracker_pipeline.store.schema import APPEND_ONLY, sample_chain_anchors, signoffs
 
 revision = "0005_tamper_evidence"
 down_revision = "0004_landing_identity"
@@ -33,6 +33,11 @@ SAMPLES = "experiment_samples"
 IMMUTABLE_DECLARATION = "experiments: the declaration columns are immutable (only status changes)"
 NEVER_DELETED = "experiments: a registered experiment is never deleted"
 COUNT_NEVER_DECREASES = "experiment_pairing_state: the sample count never decreases and no row is deleted"
+# The declaration columns as of this revision (later revisions extend the list and recreate the guard).
+DECLARATION_COLUMNS = ("experiment_id", "principal", "subject", "variant_slug", "control_slug", "mode",
+                       "traffic_split_pct", "min_samples_for_decision", "auto_promote_on_winning",
+                       "require_human_signoff", "started_at_ms", "caliper_seconds", "declaration_sha256",
+                       "declaration_json", "source_file", "created_at", "registered_at_ms")
 
 
 def _pg_functions() -> list[str]:

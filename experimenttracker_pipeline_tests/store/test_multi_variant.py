@@ -1,0 +1,162 @@
+"""A/B/n experiments end to end on SQLite and PostgreSQL: one comparison per treatment against the shared control,
+each paired and evaluated on its own at alpha / k, a verdict per variant and an overall one, one drift signal per
+losing variant, and one variant promoted with its own sign-off."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from experimenttracker_pipeline.cli import status_rows
+from experimenttracker_pipeline.orchestration.due_work import EvaluationRule, due_experiments, partition_keys
+from experimenttracker_pipeline.orchestration.experiment_pass import process_experiment
+from experimenttracker_pipeline.stages.declarations.queries import comparison_rows, experiment_rows
+from experimenttracker_pipeline.stages.declarations.registration import sync_declarations
+from experimenttracker_pipeline.stages.drift.queries import signals
+from experimenttracker_pipeline.stages.drift.registry import registry_for
+from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
+from experimenttracker_pipeline.stages.ingestion.queries import newest_batch_by_slug
+from experimenttracker_pipeline.stages.promotion.signoff import (
+    PROMOTION_NOT_OVERALL_WINNER,
+    PROMOTION_OTHER_VARIANT_PROMOTED,
+    promotion_state,
+    record_signoff,
+)
+from experimenttracker_pipeline.stages.samples.queries import sensor_snapshot
+from experimenttracker_pipeline.stages.verdict.decision import experiment_overall
+from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdict
+from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
+
+GROWTH = EvaluationRule("growth")
+
+
+def _declare(workdirs, experiment_id: str, effects: dict[str, float], **extra) -> None:
+    """An A/B/n shadow experiment: control `ctl` and one treatment `<id>` (slug `s-<id>`) per entry of effects."""
+    share = 1000
+    variants = {"control": {"slug": "ctl", "traffic_share_bp": 10000 - share * len(effects)}}
+    variants.update({vid: {"slug": f"s-{vid}", "traffic_share_bp": share} for vid in effects})
+    (workdirs["experiments"] / f"{experiment_id}.yaml").write_text(declaration(
+        experiment_id, variant_slug=f"s-{next(iter(effects))}", control_slug="ctl",
+        traffic_split_pct=share * len(effects) / 100, min_samples_for_decision=30, variants=variants, **extra))
+
+
+def _land(store, workdirs, name: str, effects: dict[str, float], n: int, seed: int) -> None:
+    """n control live fills, and for each a shadow fill of every treatment with the same pair_key: edge in pusd on
+    a notional of 100, so 0.01 pusd is 1 bp; ``effects`` in bps."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        key = f"{name}-{i}"
+        base = 1.0 + rng.normal(0, 0.05)
+        records.append(fill(f"{key}-c", "ctl", "live", key, edge=base, t=i * 1000))
+        for vid, effect in effects.items():
+            records.append(fill(f"{key}-{vid}", f"s-{vid}", "shadow", key, t=i * 1000 + 5,
+                                edge=base + effect / 100 + rng.normal(0, 0.05)))
+    write_jsonl(workdirs["landing"] / f"{name}.jsonl", records)
+    assert ingest_landing(store, workdirs["landing"]).balanced
+
+
+def _run_due(store) -> list[str]:
+    due = due_experiments(sensor_snapshot(store), newest_batch_by_slug(store), GROWTH)
+    for item in due:
+        outcome = process_experiment(store, registry_for(None), item.experiment_id, GROWTH, newest_batch_by_slug(store))
+        assert outcome.ok, outcome.error
+    return sorted(d.experiment_id for d in due)
+
+
+def test_three_treatments_get_their_own_verdicts_and_only_the_worse_one_signals_drift(store, workdirs):
+    effects = {"better": 8.0, "flat": 0.0, "worse": -8.0}
+    _declare(workdirs, "exp_abn", effects)
+    sync = sync_declarations(store, workdirs["experiments"])
+    assert sync.new == ["exp_abn"] and not sync.rejected
+    # Recorded as the experiment and one comparison per treatment; the partitions are the comparisons.
+    assert [r["experiment_id"] for r in comparison_rows(store, "exp_abn")] == [
+        "exp_abn/better", "exp_abn/flat", "exp_abn/worse"]
+    assert sorted(partition_keys(sensor_snapshot(store))) == ["exp_abn/better", "exp_abn/flat", "exp_abn/worse"]
+    assert [r["experiment_id"] for r in experiment_rows(store, comparisons=False)] == ["exp_abn"]
+
+    _land(store, workdirs, "abn", effects, 400, seed=7)
+    assert _run_due(store) == ["exp_abn/better", "exp_abn/flat", "exp_abn/worse"]
+
+    verdicts = {vid: json.loads(latest_verdict(store, f"exp_abn/{vid}")["verdict_json"]) for vid in effects}
+    assert {vid: v["verdict"] for vid, v in verdicts.items()} == {
+        "better": "variant_wins", "flat": "inconclusive", "worse": "control_wins"}
+    for vid, v in verdicts.items():
+        assert v["samples"] == 400  # every treatment fill found the control fill of its pair_key
+        assert v["multiple_testing"]["correction"] == "bonferroni_across_treatments"
+        assert abs(v["multiple_testing"]["alpha"] - 0.05 / 3) < 1e-6
+        assert v["ci_95_low"] < effects[vid] < v["ci_95_high"]
+
+    # One drift signal, for the worse variant, keyed by that variant.
+    drift = signals(store)
+    assert [s["experiment_id"] for s in drift] == ["exp_abn/worse"]
+    payload = json.loads(drift[0]["payload_json"])
+    assert (payload["variant_slug"], payload["variant_id"], payload["parent_experiment_id"]) == ("s-worse", "worse", "exp_abn")
+    assert payload["idempotency_key"].startswith("exp_abn/worse:drift:")
+
+    overall = experiment_overall(store, "exp_abn")
+    assert (overall["verdict"], overall["winning_variant"]) == ("variant_wins", "better")
+    assert overall["ranking"][0] == "better" and overall["ranking"][-1] == "worse"
+    assert "worse" not in overall["pareto_set"] and "better" in overall["pareto_set"]
+
+    rows = {r["experiment_id"]: r for r in status_rows(store)}
+    assert list(rows) == ["exp_abn"]
+    row = rows["exp_abn"]
+    assert (row["verdict"], row["winning_variant"], row["samples"]) == ("variant_wins", "better", 1200)
+    assert set(row["variants"]) == set(effects)
+    for vid, v in row["variants"].items():
+        assert {"variant_slug", "verdict", "ci_95_low", "ci_95_high", "samples", "drift_signalled"} <= set(v)
+        assert (v["variant_slug"], v["verdict"], v["samples"]) == (f"s-{vid}", verdicts[vid]["verdict"], 400)
+        assert v["drift_signalled"] is (vid == "worse")
+    assert row["drift_signalled"] is True
+    assert row["ci_95_low"] == row["variants"]["better"]["ci_95_low"]
+
+    # Nothing new: nothing due, nothing re-signalled.
+    assert _run_due(store) == []
+    assert len(signals(store)) == 1
+
+
+def test_one_variant_is_promoted_the_overall_winner_with_its_own_signoff(store, workdirs):
+    effects = {"best": 12.0, "good": 6.0, "null": 0.0}
+    _declare(workdirs, "exp_pick", effects)
+    sync_declarations(store, workdirs["experiments"])
+    _land(store, workdirs, "pick", effects, 400, seed=11)
+    _run_due(store)
+    assert experiment_overall(store, "exp_pick")["winning_variant"] == "best"
+    assert json.loads(latest_verdict(store, "exp_pick/good")["verdict_json"])["verdict"] == "variant_wins"
+
+    # A winner that is not the overall winner is never promoted, even with a sign-off.
+    good = promotion_state(store, "exp_pick/good")
+    assert (good.state, good.reason_code) == ("not_promotable", PROMOTION_NOT_OVERALL_WINNER)
+    best = promotion_state(store, "exp_pick/best")
+    assert best.state == "awaiting_signoff"
+    record_signoff(store, "exp_pick/best", "alice", latest_result_report_id(store, "exp_pick/best"))
+    promoted = promotion_state(store, "exp_pick/best", apply=True)
+    assert promoted.state == "promoted" and promoted.promoted_now
+    record_signoff(store, "exp_pick/good", "bob", latest_result_report_id(store, "exp_pick/good"))
+    refused = promotion_state(store, "exp_pick/good", apply=True)
+    assert refused.state == "not_promotable"
+    assert refused.reason_code in (PROMOTION_NOT_OVERALL_WINNER, PROMOTION_OTHER_VARIANT_PROMOTED)
+    rows = {r["experiment_id"]: r for r in status_rows(store)}
+    assert rows["exp_pick"]["variants"]["best"]["promotion_state"] == "promoted"
+
+
+def test_one_treatment_experiments_are_unchanged_and_list_their_variant(store, workdirs):
+    (workdirs["experiments"] / "exp_one.yaml").write_text(
+        declaration("exp_one", variant_slug="v1", control_slug="c1", min_samples_for_decision=30))
+    sync_declarations(store, workdirs["experiments"])
+    assert comparison_rows(store, "exp_one") == []
+    records = []
+    for i in range(60):
+        records += [fill(f"o{i}-c", "c1", "live", f"o{i}", t=i * 1000),
+                    fill(f"o{i}-v", "v1", "shadow", f"o{i}", edge=1.0 + (i % 5) / 100, t=i * 1000 + 3)]
+    write_jsonl(workdirs["landing"] / "one.jsonl", records)
+    ingest_landing(store, workdirs["landing"])
+    assert _run_due(store) == ["exp_one"]
+    verdict = json.loads(latest_verdict(store, "exp_one")["verdict_json"])
+    assert verdict["multiple_testing"]["correction"] == "none"
+    row = {r["experiment_id"]: r for r in status_rows(store)}["exp_one"]
+    assert row["variants"] == {"variant": {
+        "variant_slug": "v1", "verdict": row["verdict"], "ci_95_low": row["ci_95_low"], "ci_95_high": row["ci_95_high"],
+        "samples": 60, "drift_signalled": False, "promotion_state": row["promotion_state"]}}
