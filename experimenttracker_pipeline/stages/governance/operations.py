@@ -430,14 +430,18 @@ def build_trace(store: Store, experiment_id: str, *, created_at: datetime | str 
     defaults to it.
     """
     row = _experiment_row(store, experiment_id)
-    contract = experiment_from_row(row).contract
+    experiment = experiment_from_row(row)
+    # A comparison of an A/B/n experiment is traced under its experiment's contract (what approvals pin and the
+    # router assigns by), with this comparison's evidence as its treatment's outcomes.
+    governing_id = experiment.governing.experiment_id
+    contract = experiment.governing.contract
     plan = AssignmentPlan.from_contract(contract)
     as_of = _latest_time(contract, governance_event_times(store, experiment_id))
 
     evaluation_row = latest_evaluation(store, experiment_id)
     verdict_row = latest_verdict(store, experiment_id)
     causal_row = latest_causal(store, experiment_id)
-    outcomes, stat_verdicts = _outcomes(contract, verdict_row, evaluation_row)
+    outcomes, stat_verdicts = _outcomes(experiment.contract, verdict_row, evaluation_row)
 
     bindings: dict[str, Any] = {}
     head = sample_head(store, experiment_id)
@@ -456,7 +460,7 @@ def build_trace(store: Store, experiment_id: str, *, created_at: datetime | str 
         "envelope_mode": contract.polb_config.envelope_mode, "mode_name": contract.polb_config.mode_name,
         "rollout_strategy": contract.polb_config.rollout_strategy,
         "max_population_share_bp": contract.polb_config.max_population_share_bp}]
-    for c in contract_rows(store, experiment_id):
+    for c in contract_rows(store, governing_id):
         polb = _loads(c["contract_json"]).get("polb_config") or {}
         history.append({"at": cj.stored_timestamp(c["recorded_at"]), "event": "contract_recorded", "contract_digest": c["contract_digest"],
                         "risk_level": c["risk_level"], "envelope_mode": polb.get("envelope_mode"),
@@ -474,7 +478,7 @@ def build_trace(store: Store, experiment_id: str, *, created_at: datetime | str 
         window=f"sample_n 1..{head_n}" if head_n else None, stat_verdicts=stat_verdicts or None,
         verdict=_verdict_section(verdict_row, evaluation_row), assignments=assignments,
         stop_rules_fired=_stop_rules_fired(store, experiment_id), eth_findings=eth_findings,
-        harmed_segments=_harmed_segments(causal_row), approvals=approvals_for(store, experiment_id),
+        harmed_segments=_harmed_segments(causal_row), approvals=approvals_for(store, governing_id),
         signoffs=signed, polb_history=history, bindings=bindings,
     )
 
