@@ -17,6 +17,8 @@ from experimenttracker_pipeline.stages.drift.queries import signals
 from experimenttracker_pipeline.stages.drift.registry import registry_for
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
 from experimenttracker_pipeline.stages.ingestion.queries import newest_batch_by_slug
+from experimenttracker_pipeline.stages.reporting.html_report import write_index
+from experimenttracker_pipeline.stages.reporting.overview import overview_rows
 from experimenttracker_pipeline.stages.promotion.signoff import (
     PROMOTION_NOT_OVERALL_WINNER,
     PROMOTION_OTHER_VARIANT_PROMOTED,
@@ -65,7 +67,7 @@ def _run_due(store) -> list[str]:
     return sorted(d.experiment_id for d in due)
 
 
-def test_three_treatments_get_their_own_verdicts_and_only_the_worse_one_signals_drift(store, workdirs):
+def test_three_treatments_get_their_own_verdicts_and_only_the_worse_one_signals_drift(store, workdirs, tmp_path):
     effects = {"better": 8.0, "flat": 0.0, "worse": -8.0}
     _declare(workdirs, "exp_abn", effects)
     sync = sync_declarations(store, workdirs["experiments"])
@@ -111,6 +113,14 @@ def test_three_treatments_get_their_own_verdicts_and_only_the_worse_one_signals_
         assert v["drift_signalled"] is (vid == "worse")
     assert row["drift_signalled"] is True
     assert row["ci_95_low"] == row["variants"]["better"]["ci_95_low"]
+
+    # The overview: the experiment's overall verdict, then each comparison on its own row; the index renders.
+    overview = {r["experiment_id"]: r for r in overview_rows(store)}
+    assert overview["exp_abn"]["verdict"] == "variant_wins (better)"
+    assert overview["exp_abn/worse"]["verdict"] == "control_wins"
+    assert overview["exp_abn/worse"]["drift_state"] != "none"
+    index = write_index(store, tmp_path / "reports")
+    assert 'href="exp_abn--better.html"' in index.read_text()
 
     # Nothing new: nothing due, nothing re-signalled.
     assert _run_due(store) == []

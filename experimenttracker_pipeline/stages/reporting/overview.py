@@ -94,8 +94,13 @@ def overview_rows(store: Store) -> list[dict[str, Any]]:
     verdicts, evaluations = latest_verdicts(store), latest_evaluations(store)
     states, signals = pairing_states(store), drift_signal_states(store)
     rows = []
-    for exp in experiment_rows(store):
+    stored = experiment_rows(store)
+    parents = {e["parent_experiment_id"] for e in stored if e.get("parent_experiment_id")}
+    for exp in stored:
         eid = exp["experiment_id"]
+        if eid in parents:
+            rows.append(_overall_row(store, exp))
+            continue
         verdict = json.loads(verdicts[eid]["verdict_json"]) if eid in verdicts else None
         evaluation = json.loads(evaluations[eid]["evaluation_json"]) if eid in evaluations else None
         state = states.get(eid, {})
@@ -116,6 +121,29 @@ def overview_rows(store: Store) -> list[dict[str, Any]]:
             "_ci": ci, "_mode": exp["mode"], "_mde_bps": _mde(exp),
         })
     return rows
+
+
+def _overall_row(store: Store, exp: dict[str, Any]) -> dict[str, Any]:
+    """The row of an A/B/n experiment: its overall verdict (which variant wins, if any) on the deciding CI of the
+    winner, or else of the best-ranked treatment; its comparisons have their own rows."""
+    from experimenttracker_pipeline.stages.verdict.decision import experiment_overall
+
+    overall = experiment_overall(store, exp["experiment_id"]) or {}
+    variants = overall.get("variants") or {}
+    evaluated = any(v["verdict"] != "insufficient_samples" or v["ci_95_low"] is not None for v in variants.values())
+    winner = overall.get("winning_variant")
+    label = overall.get("verdict", "not evaluated") if evaluated else "not evaluated"
+    low, high = overall.get("ci_95_low"), overall.get("ci_95_high")
+    return {
+        "experiment_id": exp["experiment_id"], "verdict": f"{label} ({winner})" if winner else label,
+        "deciding_ci": (f"{fmt_interval(low, high)} ({overall.get('ci_variant')})" if low is not None else "n/a"),
+        "ci_method": "per variant, alpha/k", "estimate_bps": rounded(overall.get("edge_delta_bps")),
+        "samples": int(overall.get("samples") or 0), "required_samples": None, "power": None, "expected_days": None,
+        "srm_p_value": None, "harmed_segments": "",
+        "drift_state": ", ".join(f"{vid}: signalled" for vid, v in variants.items() if v["drift_signalled"]) or "none",
+        "promotion_state": "per variant", "last_sample_at": None,
+        "_ci": None, "_mode": exp["mode"], "_mde_bps": _mde(exp),
+    }
 
 
 def _mde(exp: dict[str, Any]) -> float | None:
