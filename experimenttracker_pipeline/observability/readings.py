@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from experimenttracker_pipeline.store import Store, schema
+from experimenttracker_pipeline.stages.declarations.queries import has_comparisons
 
 RUNNING_STATUSES = ("active", "stalled")  # experiments that are expected to keep sampling
 
@@ -36,14 +37,17 @@ _e, _p, _v = schema.experiments.c, schema.experiment_pairing_state.c, schema.exp
 _sig, _b = schema.strategy_registry_signals.c, schema.ingestion_batches.c
 _latest_evaluation = sa.select(sa.func.max(_v.id).label("id")).group_by(_v.experiment_id).subquery()
 QUERIES: dict[str, sa.Select] = {
-    "experiments_by_status": sa.select(_e.status, sa.func.count()).group_by(_e.status),
+    # Experiments as declared (an A/B/n experiment once, not its comparisons).
+    "experiments_by_status": sa.select(_e.status, sa.func.count()).where(_e.parent_experiment_id.is_(None))
+                             .group_by(_e.status),
     "experiments_by_verdict": sa.select(schema.experiment_verdicts.c.verdict,
                                         sa.func.count(schema.experiment_verdicts.c.experiment_id.distinct()))
                               .group_by(schema.experiment_verdicts.c.verdict),
     "running": sa.select(_e.experiment_id, _e.status, sa.func.coalesce(_p.samples, 0),
                          sa.func.coalesce(_p.last_appended_at_ms, _e.registered_at_ms))
                .select_from(schema.experiments.outerjoin(schema.experiment_pairing_state, _p.experiment_id == _e.experiment_id))
-               .where(_e.status.in_(RUNNING_STATUSES)).order_by(_e.experiment_id),
+               # What samples: an experiment with one treatment, or each comparison of an A/B/n experiment.
+               .where(_e.status.in_(RUNNING_STATUSES), ~has_comparisons()).order_by(_e.experiment_id),
     "edge_delta_bps": sa.select(_v.experiment_id, _v.edge_delta_bps)
                       .join(_latest_evaluation, _latest_evaluation.c.id == _v.id).where(_v.edge_delta_bps.is_not(None)),
     "drift_signals_by_slug": sa.select(_sig.variant_slug, sa.func.count()).group_by(_sig.variant_slug),

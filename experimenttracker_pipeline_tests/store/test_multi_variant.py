@@ -17,6 +17,7 @@ from experimenttracker_pipeline.stages.drift.queries import signals
 from experimenttracker_pipeline.stages.drift.registry import registry_for
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
 from experimenttracker_pipeline.stages.ingestion.queries import newest_batch_by_slug
+from experimenttracker_pipeline.stages.intervals.queries import latest_evaluation
 from experimenttracker_pipeline.stages.reporting.html_report import write_index
 from experimenttracker_pipeline.stages.reporting.overview import overview_rows
 from experimenttracker_pipeline.stages.promotion.signoff import (
@@ -170,3 +171,39 @@ def test_one_treatment_experiments_are_unchanged_and_list_their_variant(store, w
     assert row["variants"] == {"variant": {
         "variant_slug": "v1", "verdict": row["verdict"], "ci_95_low": row["ci_95_low"], "ci_95_high": row["ci_95_high"],
         "samples": 60, "drift_signalled": False, "promotion_state": row["promotion_state"]}}
+
+
+def test_limited_live_treatments_pair_within_the_caliper_and_check_their_own_traffic_share(store, workdirs):
+    """Limited live: per tick 8 control fills and one fill of each of two treatments, all live; each treatment's
+    comparison pairs its fills with the nearest control fill in the market and checks the sample ratio against its
+    own share of its two arms (1000 / (1000 + 8000)), so a correct split raises no SRM."""
+    variants = {"control": {"slug": "ctl", "traffic_share_bp": 8000},
+                "up": {"slug": "s-up", "traffic_share_bp": 1000}, "same": {"slug": "s-same", "traffic_share_bp": 1000}}
+    (workdirs["experiments"] / "exp_ll.yaml").write_text(declaration(
+        "exp_ll", variant_slug="s-up", control_slug="ctl", mode="limited_live", traffic_split_pct=20,
+        min_samples_for_decision=30, caliper_seconds=5, variants=variants,
+        polb_config={"envelope_mode": "online", "max_population_share_bp": 2000}))
+    sync = sync_declarations(store, workdirs["experiments"])
+    assert not sync.rejected, sync.rejected
+    rng = np.random.default_rng(5)
+    records = []
+    for i in range(400):
+        t = i * 10_000
+        market = f"m{i % 4}"
+        for j in range(8):
+            records.append(fill(f"t{i}-c{j}", "ctl", "live", f"t{i}-c{j}", edge=1.0 + rng.normal(0, 0.05), t=t + j * 50,
+                                market=market))
+        records.append(fill(f"t{i}-up", "s-up", "live", f"t{i}-up", edge=1.08 + rng.normal(0, 0.05), t=t + 10, market=market))
+        records.append(fill(f"t{i}-same", "s-same", "live", f"t{i}-same", edge=1.0 + rng.normal(0, 0.05), t=t + 20,
+                            market=market))
+    write_jsonl(workdirs["landing"] / "ll.jsonl", records)
+    assert ingest_landing(store, workdirs["landing"]).balanced
+    assert _run_due(store) == ["exp_ll/same", "exp_ll/up"]
+    for vid in ("up", "same"):
+        verdict = json.loads(latest_verdict(store, f"exp_ll/{vid}")["verdict_json"])
+        assert verdict["samples"] == 400
+        assert "EXPERIMENT_SRM_DETECTED" not in verdict["reason_codes"], verdict["reason_codes"]
+        srm = json.loads(latest_evaluation(store, f"exp_ll/{vid}")["evaluation_json"])["srm"]
+        assert abs(srm["expected_share"] - 1 / 9) < 1e-5 and not srm["mismatch"]
+    assert json.loads(latest_verdict(store, "exp_ll/up")["verdict_json"])["verdict"] == "variant_wins"
+    assert json.loads(latest_verdict(store, "exp_ll/same")["verdict_json"])["verdict"] == "inconclusive"

@@ -220,10 +220,12 @@ def arm_fill_counts(store: Store, exp: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def live_fills_of(exp: Mapping[str, Any]) -> tuple[sa.ColumnElement[bool], ...]:
-    """The live fills of both arms since the experiment started, not tagged for another experiment."""
+    """The live fills of both arms since the experiment started, not tagged for another experiment (fills tagged
+    with an A/B/n experiment's id belong to each of its comparisons)."""
     r = raw_reports.c
+    tags = {exp["experiment_id"], exp.get("parent_experiment_id") or exp["experiment_id"]}
     return (r.mode == "live", r.strategy_slug.in_([exp["variant_slug"], exp["control_slug"]]),
-            r.recorded_at_ms >= exp["started_at_ms"], sa.or_(r.experiment_id.is_(None), r.experiment_id == exp["experiment_id"]))
+            r.recorded_at_ms >= exp["started_at_ms"], sa.or_(r.experiment_id.is_(None), r.experiment_id.in_(sorted(tags))))
 
 
 def insert_evaluation(store: Store, experiment_id: str, evaluation: Mapping[str, Any]) -> int:
