@@ -207,3 +207,26 @@ def test_limited_live_treatments_pair_within_the_caliper_and_check_their_own_tra
         assert abs(srm["expected_share"] - 1 / 9) < 1e-5 and not srm["mismatch"]
     assert json.loads(latest_verdict(store, "exp_ll/up")["verdict_json"])["verdict"] == "variant_wins"
     assert json.loads(latest_verdict(store, "exp_ll/same")["verdict_json"])["verdict"] == "inconclusive"
+
+
+def test_a_comparison_cannot_be_reparented_and_a_forged_one_is_detected(store, workdirs):
+    import pytest
+    import sqlalchemy as sa
+
+    from experimenttracker_pipeline.stages.promotion.gate import PROMOTION_DECLARATION_TAMPERED
+    from experimenttracker_pipeline_tests.support.tampering import superuser
+
+    effects = {"good": 10.0, "null": 0.0}
+    _declare(workdirs, "exp_t", effects)
+    sync_declarations(store, workdirs["experiments"])
+    _land(store, workdirs, "t", effects, 200, seed=3)
+    _run_due(store)
+    rewire = "UPDATE experiments SET variant_id = 'null' WHERE experiment_id = 'exp_t/good'"
+    with pytest.raises(sa.exc.DBAPIError, match="declaration columns are immutable"):
+        with store.begin() as conn:
+            conn.execute(sa.text(rewire))
+    # A superuser pointing the winning comparison at the other treatment's slug: the gate sees the row disagree.
+    with superuser(store) as conn:
+        conn.execute(sa.text("UPDATE experiments SET variant_slug = 's-null' WHERE experiment_id = 'exp_t/good'"))
+    state = promotion_state(store, "exp_t/good")
+    assert (state.state, state.reason_code) == ("declaration_tampered", PROMOTION_DECLARATION_TAMPERED)
