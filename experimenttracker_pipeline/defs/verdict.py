@@ -15,7 +15,7 @@ from experimenttracker_pipeline.defs.resources import (
 from experimenttracker_pipeline.stages.governance import operations as governance_ops
 from experimenttracker_pipeline.stages.reporting import verdict_view
 from experimenttracker_pipeline.stages.reporting.html_report import report_file_name, write_experiment_report
-from experimenttracker_pipeline.stages.verdict.decision import VerdictResult, decide
+from experimenttracker_pipeline.stages.verdict.decision import VerdictResult, decide, experiment_overall
 from experimenttracker_pipeline.defs.metadata import number_or_null
 from experimenttracker_pipeline.defs.causal_effects import causal_estimates
 
@@ -64,6 +64,8 @@ def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None, 
         "view_risk": dg.MetadataValue.md(views.get("risk", "")),
         "view_governance": dg.MetadataValue.md(views.get("governance", "")),
     }
+    if "/" in result.experiment_id:
+        metadata["experiment_overall"] = dg.MetadataValue.md(overall_md(db, result.experiment_id.split("/", 1)[0]))
     if reports_dir:
         # The HTML report follows the EXPERIMENT_RESULT reports: rewritten when one is emitted (or the file is
         # missing), not at every look; the sign-off job and `experimenttracker report` rewrite it too.
@@ -74,3 +76,23 @@ def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None, 
             metadata["html_report"] = dg.MetadataValue.path(str(path))
             metadata["html_report_url"] = dg.MetadataValue.url(path.resolve().as_uri())
     return metadata
+
+
+def overall_md(db, experiment_id: str) -> str:
+    """An A/B/n experiment's overall verdict and every variant's, as a markdown table (on each comparison's
+    verdicts partition, so the UI answers "which variant wins" wherever one looks)."""
+    overall = experiment_overall(db, experiment_id)
+    if overall is None:
+        return ""
+    lines = [f"**{experiment_id}: {overall['verdict']}**"
+             + (f" (winner: {overall['winning_variant']})" if overall["winning_variant"] else "")
+             + f"; ranking {' > '.join(overall['ranking'])}; Pareto set {', '.join(overall['pareto_set']) or 'none'}",
+             "", "| variant | slug | verdict | deciding CI (bps) | samples | drift |", "|---|---|---|---|---|---|"]
+    for vid, v in overall["variants"].items():
+        ci = (f"[{v['ci_95_low']:+.2f}, {v['ci_95_high']:+.2f}]" if v["ci_95_low"] is not None and v["ci_95_high"] is not None
+              else "n/a")
+        lines.append(f"| {vid} | {v['variant_slug']} | {v['verdict']} | {ci} | {v['samples']} | "
+                     f"{'signalled' if v['drift_signalled'] else 'no'} |")
+    lines.append(f"\nEach variant tested at alpha {overall['multiple_testing']['alpha_per_treatment']:.4f} "
+                 f"(0.05 / {overall['multiple_testing']['treatments']}, Bonferroni).")
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ import json
 import numpy as np
 
 from experimenttracker_pipeline.cli import status_rows
+from experimenttracker_pipeline.defs.verdict import overall_md
 from experimenttracker_pipeline.orchestration.due_work import EvaluationRule, due_experiments, partition_keys
 from experimenttracker_pipeline.orchestration.experiment_pass import process_experiment
 from experimenttracker_pipeline.stages.declarations.queries import comparison_rows, experiment_rows
@@ -97,6 +98,11 @@ def test_three_treatments_get_their_own_verdicts_and_only_the_worse_one_signals_
     payload = json.loads(drift[0]["payload_json"])
     assert (payload["variant_slug"], payload["variant_id"], payload["parent_experiment_id"]) == ("s-worse", "worse", "exp_abn")
     assert payload["idempotency_key"].startswith("exp_abn/worse:drift:")
+
+    result = store.report(latest_result_report_id(store, "exp_abn/better"))
+    assert (result["parent_experiment_id"], result["variant_id"], result["treatments"]) == ("exp_abn", "better", 3)
+    table = overall_md(store, "exp_abn")
+    assert "exp_abn: variant_wins** (winner: better)" in table and "| worse | s-worse | control_wins |" in table
 
     overall = experiment_overall(store, "exp_abn")
     assert (overall["verdict"], overall["winning_variant"]) == ("variant_wins", "better")

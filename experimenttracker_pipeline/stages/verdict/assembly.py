@@ -258,4 +258,8 @@ def result_payload(experiment: Experiment, final: Mapping[str, Any], evaluation_
         # The interval the verdict was decided on, named as on every other surface, and why it is the one.
         DECIDING_CI: {k: v for k, v in deciding_ci(final).items() if k != "name"},
     }
+    if experiment.is_comparison:
+        # One treatment of an A/B/n experiment: its experiment and variant, and the family it is tested in.
+        payload.update(parent_experiment_id=experiment.parent.experiment_id, variant_id=experiment.variant_id,
+                       treatments=experiment.family_size)
     return to_json(payload)
