@@ -35,7 +35,7 @@ def _run_all(definitions, instance, store):
     ingest = definitions.resolve_job_def("ingest_job").execute_in_process(instance=instance)
     assert ingest.success
     results = {}
-    for row in experiment_rows(store):
+    for row in experiment_rows(store, units=True):
         results[row["experiment_id"]] = definitions.resolve_job_def("experiment_job").execute_in_process(
             instance=instance, partition_key=row["experiment_id"], raise_on_error=False)
     return ingest, results
