@@ -12,7 +12,7 @@ import pandas as pd
 from experimenttracker_pipeline.causal import crossfit_reward_model, design_matrix, off_policy_value
 from experimenttracker_pipeline.cli import status_rows
 from experimenttracker_pipeline.defs.causal_effects import causal_metadata
-from experimenttracker_pipeline.orchestration.due_work import EvaluationRule
+from experimenttracker_pipeline.orchestration.due_work import EvaluationRule, due_experiments
 from experimenttracker_pipeline.orchestration.experiment_pass import process_experiment
 from experimenttracker_pipeline.stages.causal_effects.estimation import CAUSAL_SEED
 from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal
@@ -21,6 +21,7 @@ from experimenttracker_pipeline.stages.drift.registry import registry_for
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
 from experimenttracker_pipeline.stages.ingestion.queries import newest_batch_by_slug
 from experimenttracker_pipeline.stages.promotion.signoff import promotion_state
+from experimenttracker_pipeline.stages.samples.queries import sensor_snapshot
 from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
 from experimenttracker_pipeline_tests.support import ope_logs as ol
 
@@ -135,5 +136,13 @@ def test_sandbox_experiment_values_the_candidate_from_logs(store, workdirs):
     assert any("IPS" in s["label"] for s in row["supporting_evidence"])
     assert rows["exp_worst"]["verdict"] == "control_wins"
 
-    # Nothing new: not evaluated again.
+    # Nothing new: not due from the store's watermarks (so `run` starts no run), nor evaluated again by a pass.
+    assert not due_experiments(sensor_snapshot(store), newest_batch_by_slug(store), EvaluationRule("growth"))
     assert not _pass(store, "exp_greedy").evaluated
+    # New logs are new control fills: pairing is due, and the pass evaluates the grown log count.
+    write_jsonl(workdirs["landing"] / "logs3.jsonl", _records(w, worst, ol.logs(w, 50, rng), 3000))
+    assert ingest_landing(store, workdirs["landing"]).balanced
+    assert {d.experiment_id for d in due_experiments(sensor_snapshot(store), newest_batch_by_slug(store),
+                                                     EvaluationRule("step"))} == {"exp_greedy", "exp_worst"}
+    grown = _pass(store, "exp_greedy")
+    assert grown.evaluated and grown.verdict.verdict["samples"] == 3050
