@@ -274,7 +274,7 @@ def stall_changes(snapshot: Iterable[Mapping[str, Any]], open_stalls: Mapping[st
         if stall is None:
             if bus_error is not None:
                 changes.append(StallChange(experiment_id, "stall", REPORT_BUS_UNAVAILABLE, bus_error))
-            elif now_ms - last > window_ms:
+            elif now_ms - last > window_ms and not row.get("sandbox"):  # a sandbox experiment never has samples
                 changes.append(StallChange(experiment_id, "stall", NO_SAMPLES_IN_WINDOW,
                                            f"no new samples for {(now_ms - last) / 60000:.0f} min (window {window_ms / 60000:.0f} min)"))
         elif stall["reason"] == REPORT_BUS_UNAVAILABLE and bus_error is None:

@@ -119,7 +119,7 @@ def process_experiment(store: Store, registry: StrategyRegistry, experiment_id: 
                                      f"({outcome.chain_break.problem}); not evaluated")
                     return outcome
             # A sandbox experiment has no pairs: it is evaluated on its usable logs (the control's logged fills).
-            logs = sandbox_samples(store, experiment_id) if row.get("mode") == "shadow_only" else None
+            logs = sandbox_samples(store, experiment_id) if row.get("sandbox") else None
             samples = samples if logs is None else logs
             evaluated = row.get("evaluated_samples")
             if not rule.due(samples, int(row["min_samples_for_decision"]), None if evaluated is None else int(evaluated)):

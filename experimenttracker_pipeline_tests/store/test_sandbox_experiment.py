@@ -136,6 +136,8 @@ def test_sandbox_experiment_values_the_candidate_from_logs(store, workdirs):
     assert any("IPS" in s["label"] for s in row["supporting_evidence"])
     assert rows["exp_worst"]["verdict"] == "control_wins"
 
+    snapshot = {r["experiment_id"]: r for r in sensor_snapshot(store)}
+    assert bool(snapshot["exp_greedy"]["sandbox"]) and bool(snapshot["exp_worst"]["sandbox"])
     # Nothing new: not due from the store's watermarks (so `run` starts no run), nor evaluated again by a pass.
     assert not due_experiments(sensor_snapshot(store), newest_batch_by_slug(store), EvaluationRule("growth"))
     assert not _pass(store, "exp_greedy").evaluated
