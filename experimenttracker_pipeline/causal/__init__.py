@@ -45,13 +45,19 @@ from .common import (
 from .heterogeneity import cate_models, segment_effects
 from .instruments import IVResult, anderson_rubin_ci, iv_2sls
 from .nuisance import crossfit_outcomes, fit_propensity
-from .off_policy import OffPolicyResult, crossfit_reward_model, off_policy_value
+from .off_policy import (
+    OffPolicyResult,
+    SandboxEvaluation,
+    crossfit_reward_model,
+    evaluate_candidate_from_logs,
+    off_policy_value,
+)
 from .weighting import AteResult, estimate_ate, hajek_ipw, overlap_report
 
 __all__ = [
     "CausalResult", "analyse_experiment", "HARMED_SEGMENT", "POOR_OVERLAP", "PROPENSITY_ESTIMATED", "SEGMENT_NOT_TESTED",
     "SINGLE_ARM", "WEAK_INSTRUMENT", "WEIGHTS_CLIPPED", "Estimate", "design_matrix", "split_covariates", "cate_models",
     "segment_effects", "IVResult", "anderson_rubin_ci", "iv_2sls", "crossfit_outcomes", "fit_propensity",
-    "OffPolicyResult", "crossfit_reward_model", "off_policy_value", "AteResult", "estimate_ate", "hajek_ipw",
-    "overlap_report",
+    "OffPolicyResult", "SandboxEvaluation", "crossfit_reward_model", "evaluate_candidate_from_logs", "off_policy_value",
+    "AteResult", "estimate_ate", "hajek_ipw", "overlap_report",
 ]

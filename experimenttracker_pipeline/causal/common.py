@@ -26,6 +26,9 @@ SEGMENT_POOR_OVERLAP = "CAUSAL_SEGMENT_POOR_OVERLAP"
 WEAK_INSTRUMENT = "CAUSAL_WEAK_INSTRUMENT"
 OPE_POOR_OVERLAP = "CAUSAL_OPE_POOR_OVERLAP"
 OPE_INVALID_PROPENSITY = "CAUSAL_OPE_INVALID_PROPENSITY"
+OPE_LOW_ESS = "CAUSAL_OPE_LOW_ESS"  # Kish ESS of the importance weights below the minimum number of logs
+OPE_TINY_PROPENSITY = "CAUSAL_OPE_TINY_PROPENSITY"  # candidate takes logged actions the logger almost never took
+OPE_WEIGHT_CONCENTRATED = "CAUSAL_OPE_WEIGHT_CONCENTRATED"  # one log carries a large share of the total weight
 NO_PAIRED_DELTAS = "CAUSAL_NO_PAIRED_DELTAS"
 
 SE_METHODS = ("auto", "if", "sandwich", "bootstrap")

@@ -10,7 +10,14 @@ from threadpoolctl import threadpool_limits
 
 from experimenttracker_pipeline.model.numbers import to_json
 
-from .common import OPE_INVALID_PROPENSITY, OPE_POOR_OVERLAP, Estimate
+from .common import (
+    OPE_INVALID_PROPENSITY,
+    OPE_LOW_ESS,
+    OPE_POOR_OVERLAP,
+    OPE_TINY_PROPENSITY,
+    OPE_WEIGHT_CONCENTRATED,
+    Estimate,
+)
 from .nuisance import _fit_predict
 from .weighting import _se_from_if, kish_ess
 
@@ -126,3 +133,104 @@ def crossfit_reward_model(
     return q[np.arange(n), actions], (candidate_probs * q).sum(axis=1)
 
 
+
+
+# ----------------------------------------------------------------------------------------
+# Sandbox experiments: one candidate policy against the logging policy, from its logs only
+# ----------------------------------------------------------------------------------------
+# Overlap gates of a sandbox evaluation (defaults; the estimate is "reliable" when none of the weight gates fires).
+MIN_OPE_ESS = 100.0  # Kish effective number of logs
+TINY_BEHAVIOR_PROPENSITY = 0.01
+MAX_TINY_SHARE = 0.01  # share of the logs the candidate would take that the logger took with p < 0.01
+MAX_WEIGHT_SHARE = 0.05  # largest single weight / sum of weights
+
+
+@dataclass
+class SandboxEvaluation:
+    """A candidate policy valued from the logging policy's logs: its IPS/SNIPS/DR values, the logging policy's
+    own value, and candidate - logged on each basis (CIs from per-log influence functions, paired per log)."""
+
+    candidate: OffPolicyResult
+    logged: Estimate
+    difference: dict[str, Estimate]
+    overlap: dict
+    warnings: list[str]
+    estimate_reliable: bool
+    reward_model: str
+
+    def to_dict(self) -> dict:
+        return to_json({
+            "candidate": self.candidate.to_dict(), "logged": self.logged,
+            "difference": self.difference, "overlap": self.overlap, "warnings": self.warnings,
+            "estimate_reliable": self.estimate_reliable, "reward_model": self.reward_model,
+        }, sig=None)
+
+
+def evaluate_candidate_from_logs(
+    reward: np.ndarray,
+    behavior_prob: np.ndarray,
+    candidate_prob: np.ndarray,
+    X: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    alpha: float = 0.05,
+    min_ess_share: float = 0.10,
+    min_ess: float = MIN_OPE_ESS,
+) -> SandboxEvaluation:
+    """Value of a candidate policy from the logs of the policy that acted (rewards in bps).
+
+    ``behavior_prob`` is pi_b(a_i|x_i) > 0 of the logged action, ``candidate_prob`` pi_e(a_i|x_i). The logs
+    name no action set, so DR uses a cross-fitted reward model of the context only (``X``; the mean when there
+    are no covariates): q(x) + w (r - q(x)), which is unbiased whenever the logged propensities are right.
+    """
+    r = np.asarray(reward, dtype=float)
+    pb = np.asarray(behavior_prob, dtype=float)
+    pe = np.asarray(candidate_prob, dtype=float)
+    n = len(r)
+    X = np.zeros((n, 0)) if X is None else np.asarray(X, dtype=float)
+    folds = min(5, n) if n >= 2 else 1
+    if folds >= 2:
+        q, _ = crossfit_reward_model(X, np.zeros(n, dtype=int), r, np.ones((n, 1)), kind="linear",
+                                     n_folds=folds, seed=seed)
+    else:
+        q = np.full(n, r.mean() if n else 0.0)
+    cand = off_policy_value(reward=r, logging_prob=pb, candidate_prob=pe, q_logged=q, q_candidate=q,
+                            min_ess_share=min_ess_share, alpha=alpha)
+    level = 1 - alpha
+    logged = Estimate.normal(float(r.mean()), _se_from_if(r), n, level)
+    w = pe / np.clip(pb, 1e-6, 1.0)
+    sw = w.mean()
+    difference = {
+        "ips": Estimate.normal(float(np.mean(w * r - r)), _se_from_if(w * r - r), n, level),
+        "dr": Estimate.normal(float(np.mean(q + w * (r - q) - r)), _se_from_if(q + w * (r - q) - r), n, level),
+    }
+    if sw > 0:
+        v_sn = float((w * r).sum() / w.sum())
+        psi = w * (r - v_sn) / sw - (r - r.mean())
+        difference["snips"] = Estimate.normal(v_sn - float(r.mean()), _se_from_if(psi), n, level)
+    else:
+        difference["snips"] = Estimate(None, None, None, None, n)
+    ess = kish_ess(w)
+    takes = pe > 0
+    tiny = int(np.sum(takes & (pb < TINY_BEHAVIOR_PROPENSITY)))
+    tiny_share = tiny / int(takes.sum()) if takes.any() else 0.0
+    weight_share = float(w.max() / w.sum()) if n and w.sum() > 0 else 0.0
+    warnings = list(cand.warnings)
+    if ess < min_ess:
+        warnings.append(OPE_LOW_ESS)
+    if tiny_share > MAX_TINY_SHARE:
+        warnings.append(OPE_TINY_PROPENSITY)
+    if weight_share > MAX_WEIGHT_SHARE:
+        warnings.append(OPE_WEIGHT_CONCENTRATED)
+    overlap = {
+        "logs": n, "candidate_takes_logged_action": int(takes.sum()),
+        "tiny_behavior_propensity": tiny, "tiny_behavior_propensity_share": tiny_share,
+        "tiny_threshold": TINY_BEHAVIOR_PROPENSITY, "weight_ess": ess, "weight_ess_share": ess / n if n else 0.0,
+        "min_ess": min_ess, "max_weight": float(w.max()) if n else None, "max_weight_share": weight_share,
+        "min_behavior_propensity": float(pb.min()) if n else None,
+    }
+    unreliable = {OPE_POOR_OVERLAP, OPE_LOW_ESS, OPE_WEIGHT_CONCENTRATED, OPE_INVALID_PROPENSITY}
+    return SandboxEvaluation(
+        candidate=cand, logged=logged, difference=difference, overlap=overlap, warnings=list(dict.fromkeys(warnings)),
+        estimate_reliable=n >= 2 and not unreliable & set(warnings),
+        reward_model=f"linear on {X.shape[1]} covariate columns, {folds}-fold cross-fitted; action-independent")

@@ -390,7 +390,7 @@ def _unit_status(store: Store, exp: Mapping[str, Any], context: Mapping[str, Any
 def _causal_summary(result: dict[str, Any]) -> dict[str, Any]:
     """The `causal` object of `status --json`."""
     keep = ("naive_diff_bps", "ipw", "aipw", "paired", "overlap", "segments", "harmed_segments", "warnings",
-            "propensity_source", "verdict_basis", "seed")
+            "propensity_source", "verdict_basis", "seed", "sandbox")
     return {key: result[key] for key in keep if key in result}
 
 

@@ -25,7 +25,8 @@ from experimenttracker_pipeline.defs.intervals import confidence_intervals
 def causal_estimates(context: dg.AssetExecutionContext, store: ExperimentStoreResource) -> dg.MaterializeResult:
     """IPW / doubly robust (AIPW) effects for limited-live experiments (propensities logged or estimated),
     overlap diagnostics, and segment effects with Holm-corrected CIs; a segment whose CI lies below the harm
-    margin is a harmed segment and blocks any promotion."""
+    margin is a harmed segment and blocks any promotion. A sandbox experiment gets the off-policy values (IPS,
+    SNIPS, DR) of its candidate policy from the control's logs instead."""
     db = store.get_store()
     return for_each_experiment(context, db, lambda experiment_id: compute_causal(db, experiment_id), causal_metadata,
                                ["causal_id"])
@@ -66,7 +67,8 @@ def causal_metadata(run: CausalRun) -> dict:
         f"| {s.get('covariate')}={s.get('value')} | {s.get('n')} | {_n(s.get('estimate_bps'))} | {_n(s.get('ci_95_low'))} | "
         f"{_n(s.get('ci_95_high'))} | {'**HARMED**' if s.get('harmed') else ''} |" for s in r.get("segments") or [])
     aipw = r.get("aipw") or {}
-    overlap = r.get("overlap") or {}
+    sandbox = r.get("sandbox") or {}
+    overlap = r.get("overlap") or sandbox.get("overlap") or {}
     overlap_md = ("| diagnostic | value |\n|---|---|\n" + "\n".join(
         f"| {k.replace('_', ' ')} | {_reading(v)} |"
         for k, v in sorted(overlap.items()))) if overlap else "No overlap diagnostics (paired design)."
@@ -79,5 +81,20 @@ def causal_metadata(run: CausalRun) -> dict:
         "warnings": dg.MetadataValue.md("\n".join(f"- `{w}`" for w in warnings) if warnings else "None."),
         "overlap": dg.MetadataValue.md(overlap_md),
         "ate_by_method": dg.MetadataValue.md(ate), "segments": dg.MetadataValue.md(segments),
+        "off_policy": dg.MetadataValue.md(_off_policy_md(sandbox)),
         "causal_id": run.causal_id,
     }
+
+
+def _off_policy_md(sandbox: dict) -> str:
+    """A sandbox experiment's off-policy values: the candidate's, the logging policy's, and the difference."""
+    if not sandbox.get("candidate"):
+        return "Not a sandbox experiment." if not sandbox else f"{sandbox.get('logs', 0)} usable logs: too few to estimate."
+    rows = [(f"candidate {name.upper()}", sandbox["candidate"].get(name) or {}) for name in ("ips", "snips", "dr")]
+    rows.append(("logging policy", sandbox.get("logged") or {}))
+    rows += [(f"candidate - logged, {name.upper()}", (sandbox.get("difference") or {}).get(name) or {})
+             for name in ("ips", "snips", "dr")]
+    return (f"Policy `{sandbox.get('policy')}` from {sandbox.get('logs')} logs of `{sandbox.get('logging_slug')}`.\n\n"
+            "| value | estimate (bps) | CI low | CI high | SE |\n|---|---|---|---|---|\n" + "\n".join(
+                f"| {label} | {_n(v.get('estimate_bps'))} | {_n(v.get('ci_95_low'))} | {_n(v.get('ci_95_high'))} | "
+                f"{_n(v.get('se'), 3)} |" for label, v in rows))

@@ -544,6 +544,8 @@ def build_contract(err: f.Issues, raw: Mapping[str, Any], core: Mapping[str, Any
     polb = _polb(err, raw.get("polb_config"), core["mode"], split_bp, defaults)
     variants = _variants(err, raw.get("variants"), core["variant_slug"], core["control_slug"], split_bp, polb,
                          defaults)
+    if polb is not None and variants is not None and polb.envelope_mode == "sandbox":
+        _sandbox_variants(err, variants)
     eth = _eth(err, raw.get("eth_constraints"), defaults)
     stop = _stop_rules(err, raw.get("stop_rules"), defaults)
 
@@ -598,6 +600,20 @@ def _polb(err: f.Issues, v: Any, mode: str | None, split_bp: int | None,
     if None in (env, risk, rollout, share, guarded):
         return None
     return PoLBConfig(env, mode_name, risk, rollout, share, guarded)
+
+
+def _sandbox_variants(err: f.Issues, variants: tuple[Variant, ...]) -> None:
+    """A sandbox experiment values one candidate policy from the control's logs: exactly one treatment, naming
+    the policy as fill reports name it in ``candidate_propensities``."""
+    treatments = [x for x in variants if not x.is_control]
+    if len(treatments) != 1:
+        err.add("variants", f"a sandbox experiment evaluates one candidate policy; {len(treatments)} treatments declared")
+        return
+    policy = treatments[0].policy
+    if policy is None or not _ID_RE.fullmatch(policy):
+        err.add(f"variants.{treatments[0].id}.policy",
+                "a sandbox experiment names its candidate policy, as in the fills' candidate_propensities "
+                "([a-z][a-z0-9_-]{0,63})")
 
 
 def _variants(err: f.Issues, v: Any, variant_slug: str | None, control_slug: str | None,

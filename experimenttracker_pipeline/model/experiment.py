@@ -95,6 +95,13 @@ class Experiment:
         return int(self.started_at.timestamp() * 1000)
 
     @property
+    def sandbox_policy(self) -> str | None:
+        """The candidate policy a sandbox experiment values from the control's logs (None for other envelopes)."""
+        if self.contract.polb_config.envelope_mode != "sandbox":
+            return None
+        return self.contract.treatments[0].policy
+
+    @property
     def large_split(self) -> bool:
         return self.traffic_split_pct > SPLIT_WARN_PCT
 

@@ -95,9 +95,12 @@ def next_evaluation_count(last_requested: int, *, step_pct: float, step_n: int) 
 class EvaluationRule:
     """When an experiment is due for evaluation, given its sample count and the latest verdict's.
 
-    ``growth`` (the CLI's `run`): whenever the count differs from the latest verdict's, or there is no verdict yet.
+    ``growth`` (the CLI's `run`): whenever the count grew past the latest verdict's, or there is no verdict yet.
     ``step`` (the sensors): from ``min_samples_for_decision`` on, then each time the count grew by ``step_pct``
     (and at least ``step_n`` samples) since the latest verdict.
+    A pair count never decreases, so a count below the verdict's is a sandbox experiment's (its verdicts count
+    usable logs, it has no pairs): never due from the snapshot. Its new logs are new control fills, which make
+    pairing due, and the pass then decides on the log count.
     """
 
     kind: str = "growth"
@@ -110,7 +113,7 @@ class EvaluationRule:
 
     def due(self, samples: int, min_samples: int, evaluated_samples: int | None) -> bool:
         if self.kind == "growth":
-            return evaluated_samples is None or samples != evaluated_samples
+            return evaluated_samples is None or samples > evaluated_samples
         if samples < min_samples:
             return False
         return evaluated_samples is None or samples >= next_evaluation_count(
@@ -280,7 +283,7 @@ def stall_changes(snapshot: Iterable[Mapping[str, Any]], open_stalls: Mapping[st
         if stall is None:
             if bus_error is not None:
                 changes.append(StallChange(experiment_id, "stall", REPORT_BUS_UNAVAILABLE, bus_error))
-            elif now_ms - last > window_ms:
+            elif now_ms - last > window_ms and not row.get("sandbox"):  # a sandbox experiment never has samples
                 changes.append(StallChange(experiment_id, "stall", NO_SAMPLES_IN_WINDOW,
                                            f"no new samples for {(now_ms - last) / 60000:.0f} min (window {window_ms / 60000:.0f} min)"))
         elif stall["reason"] == REPORT_BUS_UNAVAILABLE and bus_error is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from experimenttracker_pipeline.orchestration.due_work import PAUSED, SET_ASIDE, EvaluationRule, pairing_due
-from experimenttracker_pipeline.stages.causal_effects.estimation import CausalRun, compute_causal
+from experimenttracker_pipeline.stages.causal_effects.estimation import CausalRun, compute_causal, sandbox_samples
 from experimenttracker_pipeline.stages.declarations.queries import known_experiment_ids
 from experimenttracker_pipeline.stages.drift.registry import StrategyRegistry
 from experimenttracker_pipeline.stages.drift.signal import DriftResult, signal_drift
@@ -90,8 +90,9 @@ class ExperimentOutcome:
 def process_experiment(store: Store, registry: StrategyRegistry, experiment_id: str, rule: EvaluationRule,
                        newest_batch_by_slug: Mapping[str, int]) -> ExperimentOutcome:
     """Pair the experiment's new fills if a newer batch brought any, verify its hash chain, then run the evaluation
-    chain (intervals -> causal -> verdict -> drift signal -> promotion gate) if ``rule`` says it is due. Never
-    raises for the experiment's own failures: the outcome says which stage failed and why."""
+    chain (intervals -> causal -> verdict -> drift signal -> promotion gate) if ``rule`` says it is due (counting
+    a sandbox experiment's usable logs, since it has no pairs). Never raises for the experiment's own failures:
+    the outcome says which stage failed and why."""
     outcome = ExperimentOutcome(experiment_id)
     stage = "experiment_samples"
     try:
@@ -120,6 +121,9 @@ def process_experiment(store: Store, registry: StrategyRegistry, experiment_id: 
                     outcome.error = (f"hash chain broken at sample_n {outcome.chain_break.sample_n} "
                                      f"({outcome.chain_break.problem}); not evaluated")
                     return outcome
+            # A sandbox experiment has no pairs: it is evaluated on its usable logs (the control's logged fills).
+            logs = sandbox_samples(store, experiment_id) if row.get("sandbox") else None
+            samples = samples if logs is None else logs
             evaluated = row.get("evaluated_samples")
             if not rule.due(samples, int(row["min_samples_for_decision"]), None if evaluated is None else int(evaluated)):
                 return outcome

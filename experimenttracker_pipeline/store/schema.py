@@ -127,6 +127,10 @@ raw_reports = sa.Table(
     sa.Column("source_file", sa.Text, nullable=False),
     sa.Column("source_line", sa.BigInteger, nullable=False),
     _at("ingested_at"),
+    # Off-policy logs (revision 0006): P(logging policy took the logged action), and per candidate policy the
+    # probability it would have, as canonical JSON. NULL on every other fill.
+    sa.Column("behavior_propensity", Float64),
+    sa.Column("candidate_propensities_json", sa.Text),
     sa.Index("raw_reports_slug_time", "strategy_slug", "recorded_at_ms"),
 )
 

@@ -41,11 +41,14 @@ def test_stall_changes():
     now, window = 10_000_000, 3_600_000
     snapshot = [{"experiment_id": "fresh", "status": "active", "last_appended_at_ms": now - 1000, "registered_at_ms": 0},
                 {"experiment_id": "silent", "status": "active", "last_appended_at_ms": now - window - 1, "registered_at_ms": 0},
-                {"experiment_id": "ended", "status": "ended", "last_appended_at_ms": 0, "registered_at_ms": 0}]
+                {"experiment_id": "ended", "status": "ended", "last_appended_at_ms": 0, "registered_at_ms": 0},
+                # A sandbox experiment never has samples (it is valued from logs): never "no samples in window".
+                {"experiment_id": "sandbox", "status": "active", "last_appended_at_ms": None, "registered_at_ms": 0,
+                 "sandbox": True}]
     changes = sensing.stall_changes(snapshot, {}, now_ms=now, window_ms=window, bus_error=None)
     assert [(c.experiment_id, c.action, c.reason) for c in changes] == [("silent", "stall", "NO_SAMPLES_IN_WINDOW")]
     bus = sensing.stall_changes(snapshot, {}, now_ms=now, window_ms=window, bus_error="gone")
-    assert {c.experiment_id for c in bus} == {"fresh", "silent"} and {c.reason for c in bus} == {"REPORT_BUS_UNAVAILABLE"}
+    assert {c.experiment_id for c in bus} == {"fresh", "silent", "sandbox"} and {c.reason for c in bus} == {"REPORT_BUS_UNAVAILABLE"}
     stalled = {"fresh": {"reason": "REPORT_BUS_UNAVAILABLE", "started_at_ms": now - 5}}
     assert [c.action for c in sensing.stall_changes(snapshot[:1], stalled, now_ms=now, window_ms=window, bus_error=None)] == ["resume"]
     assert sensing.stall_changes(snapshot[:1], stalled, now_ms=now, window_ms=window, bus_error="still gone") == []

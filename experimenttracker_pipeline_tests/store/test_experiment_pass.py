@@ -15,6 +15,7 @@ from experimenttracker_pipeline.stages.declarations.registration import sync_dec
 from experimenttracker_pipeline.stages.drift.registry import registry_for
 from experimenttracker_pipeline.stages.ingestion.landing import ingest_landing
 from experimenttracker_pipeline.stages.ingestion.queries import newest_batch_by_slug
+from experimenttracker_pipeline.stages.samples.queries import sensor_snapshot
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
 
@@ -56,6 +57,7 @@ def test_pairs_and_evaluates_when_due_and_nothing_when_nothing_is_new(store, wor
 
     first = _pass(store, "exp_a")
     assert first.ok and first.paired and first.evaluated
+    assert not any(row["sandbox"] for row in sensor_snapshot(store))  # ordinary shadow experiments
     assert (first.samples.new_samples, first.chain_checked) == (30, 30)
     assert first.verdict.verdict["verdict"] in {"variant_wins", "control_wins", "inconclusive"}
     assert _verdict_count(store, "exp_a") == 1

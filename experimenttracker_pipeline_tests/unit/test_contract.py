@@ -308,3 +308,13 @@ def test_yaml_timestamps_and_strings_give_the_same_digest():
     unquoted = yaml.safe_load(EXAMPLE_YAML.replace("started_at: '2026-05-05T00:00:00Z'", "started_at: 2026-05-05T00:00:00Z"))
     assert not isinstance(unquoted["started_at"], str)
     assert make_contract(unquoted).digest == make_contract().digest
+
+
+def test_sandbox_experiment_names_one_candidate_policy():
+    raw = example_raw() | {"mode": "shadow_only", "polb_config": {"envelope_mode": "sandbox", "max_population_share_bp": 1000}}
+    issue = only_error(raw)  # the example's policy "strategy:sports-model@v2" is not a policy name of the logs
+    assert issue.path == "variants.treatment.policy" and "candidate_propensities" in issue.message
+    raw["variants"]["treatment"]["policy"] = "sports-v2"
+    assert make_contract(raw).treatments[0].policy == "sports-v2"
+    del raw["variants"]["treatment"]["policy"]
+    assert only_error(raw).path == "variants.treatment.policy"

@@ -21,6 +21,7 @@ def test_growth_rule_evaluates_any_change_and_never_twice_for_one_count():
     assert rule.due(0, 100, None)  # never evaluated: evaluate, even below min_samples (insufficient_samples)
     assert not rule.due(40, 100, 40)
     assert rule.due(41, 100, 40)
+    assert not rule.due(0, 100, 3000)  # a sandbox experiment: 0 pairs, its verdict counted 3000 logs
 
 
 def test_step_rule_crosses_the_threshold_then_steps():

@@ -21,7 +21,9 @@ def approve(contract_or_digest, *people):
 
 
 def test_risk_levels_follow_the_rubric():
-    sandbox = make_contract(example_raw() | {"mode": "shadow_only"} | {
+    raw = example_raw()
+    raw["variants"]["treatment"]["policy"] = "sports-model-v2"  # a sandbox names its candidate policy
+    sandbox = make_contract(raw | {"mode": "shadow_only"} | {
         "polb_config": {"envelope_mode": "sandbox", "max_population_share_bp": 1000}})
     r = assess_risk(sandbox)
     assert (r.level, r.score, r.required_reviewers) == ("low", 3, ("technical_lead",))

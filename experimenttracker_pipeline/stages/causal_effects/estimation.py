@@ -1,4 +1,5 @@
-"""Causal estimates of one experiment: IPW/AIPW on limited-live fills, segment effects (harmed segments) for both modes."""
+"""Causal estimates of one experiment: IPW/AIPW on limited-live fills, segment effects (harmed segments) for both
+modes, and for a sandbox experiment the off-policy value of its candidate policy from the control's logs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.stages.causal_effects.queries import (
     experiment_fills,
     insert_causal,
+    logged_fills,
     sample_deltas_with_covariates,
+    usable_log_count,
 )
 from experimenttracker_pipeline.stages.declarations.queries import experiment_row
 from experimenttracker_pipeline.stages.samples.queries import sample_count
@@ -53,6 +56,9 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
     experiment = experiment_from_row(exp)
     plan = experiment.causal
     samples = sample_count(store, experiment_id)
+    if experiment.sandbox_policy is not None:
+        result, fills = sandbox_estimates(logged_fills(store, exp), experiment.sandbox_policy, exp["control_slug"])
+        return CausalRun(experiment_id, insert_causal(store, experiment_id, samples, fills, result), result)
     if experiment.mode == "limited_live":
         rows = experiment_fills(store, exp)
         frame, covariates = _covariate_frame(rows)
@@ -81,3 +87,49 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
     causal_id = insert_causal(store, experiment_id, samples, fills, result)
     return CausalRun(experiment_id, causal_id, result)
 
+
+
+def sandbox_samples(store: Store, experiment_id: str) -> int | None:
+    """A sandbox experiment's sample count: its usable logs (it has no pairs). None for any other experiment."""
+    exp = experiment_row(store, experiment_id)
+    policy = experiment_from_row(exp).sandbox_policy if exp is not None else None
+    return None if policy is None else usable_log_count(store, exp, policy)
+
+
+def usable_logs(rows: list[dict[str, Any]], policy: str) -> tuple[list[dict[str, Any]], list[float]]:
+    """The logs that carry a behavior propensity and the candidate ``policy``'s probability, with the latter."""
+    usable, candidate = [], []
+    for row in rows:
+        if row["behavior_propensity"] is None or row["candidate_propensities_json"] is None:
+            continue
+        p = json.loads(row["candidate_propensities_json"]).get(policy)
+        if p is not None:
+            usable.append(row)
+            candidate.append(float(p))
+    return usable, candidate
+
+
+def sandbox_estimates(rows: list[dict[str, Any]], policy: str, logging_slug: str) -> tuple[dict[str, Any], int]:
+    """Off-policy estimates of a sandbox experiment (the causal result document) and the fills read: the
+    candidate ``policy``'s IPS/SNIPS/DR values, the logging strategy's own value, candidate - logged, overlap."""
+    from experimenttracker_pipeline.causal import design_matrix, evaluate_candidate_from_logs
+
+    usable, candidate = usable_logs(rows, policy)
+    logs = {"policy": policy, "logging_slug": logging_slug, "logs": len(usable),
+            "logs_without_propensities": len(rows) - len(usable)}
+    result: dict[str, Any] = {"mode": "sandbox", "n": len(usable), "seed": CAUSAL_SEED, "harmed_segments": [],
+                              "segments": [], "verdict_basis": "off_policy_dr"}
+    if len(usable) < MIN_CAUSAL_ROWS:
+        result.update(warnings=[CAUSAL_INSUFFICIENT_DATA], estimate_reliable=False, sandbox=logs,
+                      detail=f"needs at least {MIN_CAUSAL_ROWS} logged fills with behavior_propensity and a "
+                             f"candidate_propensities entry for {policy!r}")
+        return result, len(rows)
+    frame, covariates = _covariate_frame(usable)
+    X = design_matrix(frame, covariates)[0] if covariates else None
+    evaluation = evaluate_candidate_from_logs(
+        frame["outcome_bps"].to_numpy(dtype=float), frame["behavior_propensity"].to_numpy(dtype=float),
+        candidate, X, seed=CAUSAL_SEED)
+    document = evaluation.to_dict()
+    result.update(warnings=document["warnings"], estimate_reliable=document["estimate_reliable"],
+                  off_policy=document["candidate"], sandbox={**logs, **document})
+    return result, len(rows)

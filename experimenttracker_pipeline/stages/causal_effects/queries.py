@@ -21,6 +21,25 @@ def experiment_fills(store: Store, exp: Mapping[str, Any]) -> list[dict[str, Any
         r.covariates_json, r.market_id, r.recorded_at_ms).where(*live_fills_of(exp)).order_by(r.recorded_at_ms, r.report_id))
 
 
+def logged_fills(store: Store, exp: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The logging (control) strategy's live fills since the experiment started, with their logged propensities
+    (a sandbox experiment's logs): outcome in bps of notional, as for every other causal estimate."""
+    r = raw_reports.c
+    return store.rows(sa.select(
+        r.report_id, (r.edge_pusd / r.notional_pusd * 10000.0).label("outcome_bps"), r.behavior_propensity,
+        r.candidate_propensities_json, r.covariates_json, r.recorded_at_ms)
+        .where(*live_fills_of(exp), r.strategy_slug == exp["control_slug"]).order_by(r.recorded_at_ms, r.report_id))
+
+
+def usable_log_count(store: Store, exp: Mapping[str, Any], policy: str) -> int:
+    """How many of those logs carry a behavior propensity and ``policy``'s probability. The stored JSON is
+    canonical with policy names in [a-z0-9_-], so ``"policy":`` occurs in it exactly when the key does."""
+    r = raw_reports.c
+    return int(store.scalar(sa.select(sa.func.count()).select_from(raw_reports).where(
+        *live_fills_of(exp), r.strategy_slug == exp["control_slug"], r.behavior_propensity.is_not(None),
+        r.candidate_propensities_json.contains(f'"{policy}":', autoescape=True))))
+
+
 def sample_deltas_with_covariates(store: Store, experiment_id: str) -> list[dict[str, Any]]:
     """The paired deltas of a shadow experiment with the covariates of each pair, in sample order."""
     s = experiment_samples.c

@@ -47,6 +47,9 @@ MODES = ("live", "shadow", "replay")
 MAX_LINE_BYTES = 64 * 1024
 MAX_ID_LENGTH = 128
 MAX_COVARIATES = 32
+# Off-policy logs: at most this many candidate policies per fill, each named like a contract's variant ids.
+MAX_CANDIDATE_POLICIES = 16
+POLICY_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 MAX_RAW_TEXT = 4096
 # Seconds-scale timestamps are almost always a unit bug upstream: demand epoch milliseconds after 2001-09-09.
 MIN_EPOCH_MS = 1_000_000_000_000
@@ -92,6 +95,8 @@ class Fill:
     assignment_propensity: float | None
     covariates_json: str | None
     content_sha256: str
+    behavior_propensity: float | None = None
+    candidate_propensities_json: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FILL_COLUMNS}
@@ -219,6 +224,45 @@ def _covariates(obj: dict) -> str | None:
     return json.dumps(clean, sort_keys=True, separators=(",", ":"))
 
 
+def _behavior_propensity(obj: dict) -> float | None:
+    """P(the logging policy took the logged action): in (0, 1], since a logged action had a chance."""
+    value = _raw_number(obj, "behavior_propensity", required=False)
+    if value is not None and not 0 < value <= 1:
+        raise _Invalid(REPORT_OUT_OF_RANGE, f"behavior_propensity={_short(value)} is outside (0, 1]")
+    return None if value is None else float(value)
+
+
+def _candidate_propensities(obj: dict) -> str | None:
+    """Candidate policy name -> P(that policy would have taken the logged action), as canonical JSON."""
+    value = obj.get("candidate_propensities")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Invalid(REPORT_INVALID_TYPE, "candidate_propensities must be an object of policy name -> probability")
+    if len(value) > MAX_CANDIDATE_POLICIES:
+        raise _Invalid(REPORT_FIELD_TOO_LONG, f"candidate_propensities has {len(value)} policies (max {MAX_CANDIDATE_POLICIES})")
+    clean: dict[str, float] = {}
+    for name, p in value.items():
+        if not POLICY_NAME.fullmatch(name):
+            raise _Invalid(REPORT_INVALID_TYPE, f"candidate policy name {name[:40]!r} must match [a-z][a-z0-9_-]{{0,63}}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise _Invalid(REPORT_INVALID_TYPE, f"candidate_propensities.{name} must be a number")
+        if isinstance(p, float) and not math.isfinite(p):
+            raise _Invalid(REPORT_NON_FINITE_NUMBER, f"candidate_propensities.{name} is not finite")
+        if not 0 <= p <= 1:
+            raise _Invalid(REPORT_OUT_OF_RANGE, f"candidate_propensities.{name}={_short(p)} is outside [0, 1]")
+        clean[name] = float(p)
+    return json.dumps(clean, sort_keys=True, separators=(",", ":"))
+
+
+def _content_digest(fields: tuple, behavior: float | None, candidates: str | None) -> str:
+    """sha256 of the validated values. The off-policy fields join the tuple only when present, so a report
+    without them keeps the digest it had before they existed (redelivery and dedupe unchanged)."""
+    if behavior is not None or candidates is not None:
+        fields = fields + (behavior, candidates)
+    return hashlib.sha256(repr(fields).encode("utf-8")).hexdigest()
+
+
 def _validate_object(obj: dict, may_have_control: bool = True) -> Fill:
     for key in REQUIRED:
         if obj.get(key) is None:
@@ -248,19 +292,21 @@ def _validate_object(obj: dict, may_have_control: bool = True) -> Fill:
     fill_quality = _unit_interval(obj, "fill_quality")
     propensity = _unit_interval(obj, "assignment_propensity")
     covariates_json = _covariates(obj)
+    behavior = _behavior_propensity(obj)
+    candidates = _candidate_propensities(obj)
     # Two deliveries are "the same report" when every stored field is equal (key order, whitespace and 1 vs 1.0
     # do not matter), so the digest is taken over the validated values rather than the raw bytes.
-    canonical = repr((report_kind, event_type, ids["topic"], ids["bot_id"], ids["strategy_slug"], mode, ids["pair_key"],
-                      ids["market_id"], numbers["size_pusd"], numbers["notional_pusd"], numbers["edge_pusd"],
-                      numbers["slippage_bps"], recorded, experiment_id, fill_quality, propensity, covariates_json))
+    fields = (report_kind, event_type, ids["topic"], ids["bot_id"], ids["strategy_slug"], mode, ids["pair_key"],
+              ids["market_id"], numbers["size_pusd"], numbers["notional_pusd"], numbers["edge_pusd"],
+              numbers["slippage_bps"], recorded, experiment_id, fill_quality, propensity, covariates_json)
     return Fill(
         report_id=ids["report_id"], report_kind=report_kind, event_type=event_type, topic=ids["topic"],
         bot_id=ids["bot_id"], strategy_slug=ids["strategy_slug"], mode=mode, pair_key=ids["pair_key"],
         market_id=ids["market_id"], size_pusd=numbers["size_pusd"], notional_pusd=numbers["notional_pusd"],
         edge_pusd=numbers["edge_pusd"], slippage_bps=numbers["slippage_bps"], recorded_at_ms=recorded,
         experiment_id=experiment_id, fill_quality=fill_quality, assignment_propensity=propensity,
-        covariates_json=covariates_json,
-        content_sha256=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+        covariates_json=covariates_json, content_sha256=_content_digest(fields, behavior, candidates),
+        behavior_propensity=behavior, candidate_propensities_json=candidates,
     )
 
 
@@ -293,8 +339,8 @@ def _fast_fill(obj: dict, may_have_control: bool) -> Fill | None:
     for value in (quality, propensity):
         if value is not None and (type(value) not in (int, float) or not 0.0 <= value <= 1.0):
             return None
-    if may_have_control:
-        return None
+    if may_have_control or g("behavior_propensity") is not None or g("candidate_propensities") is not None:
+        return None  # off-policy logs take the detailed path
     covariates_json = None
     if covariates is not None:
         if type(covariates) is not dict or len(covariates) > MAX_COVARIATES:

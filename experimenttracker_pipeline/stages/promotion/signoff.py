@@ -79,7 +79,10 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
             return PromotionResult(experiment_id, "not_promotable", refused[0], refused[1], False)
     recorded_signoffs = signoffs(store, experiment_id)
     decision = promotion_decision(
-        auto_promote_on_winning=experiment.auto_promote_on_winning, require_human_signoff=experiment.require_human_signoff,
+        # A sandbox verdict rests on logs alone (spec section 6: going live needs accountable people): it is
+        # promoted only on a human sign-off of its report, never automatically.
+        auto_promote_on_winning=experiment.auto_promote_on_winning,
+        require_human_signoff=experiment.require_human_signoff or experiment.sandbox_policy is not None,
         traffic_split_pct=experiment.traffic_split_pct, verdict=report.get("verdict"), verdict_report_id=report_id,
         signoffs=[{**s, "signed_at": str(s["signed_at"])} for s in recorded_signoffs], experiment_id=experiment_id)
     if not decision.promote:

@@ -22,6 +22,7 @@ METHOD_NAMES = {
     "aipw_always_valid": "AIPW estimate, always-valid 95% interval",
     "aipw_trimmed_always_valid": "trimmed AIPW estimate, always-valid 95% interval",
     "ipw_always_valid": "IPW estimate, always-valid 95% interval",
+    "off_policy_dr_always_valid": "off-policy DR estimate of candidate - logged, always-valid 95% interval",
 }
 
 WHY = {
@@ -34,6 +35,9 @@ WHY = {
     "causal": "The decision uses the causal (IPW/AIPW) estimate on the always-valid footing because limited-live "
               "routing was not uniformly random, so the paired difference is biased; the plain AIPW interval is only "
               "valid at one pre-planned look.",
+    "off_policy": "The decision uses the doubly robust off-policy estimate of candidate minus logging policy from "
+                  "the logs (a sandbox experiment has no live exposure and no pairs), on the always-valid footing "
+                  "because it is re-evaluated as logs arrive.",
 }
 
 
@@ -66,6 +70,8 @@ def method_name(basis: str | None) -> str:
 
 
 def why_deciding(basis: str | None) -> str:
+    if basis and basis.startswith("off_policy"):
+        return WHY["off_policy"]
     if basis and ("aipw" in basis or basis.startswith("ipw")):
         return WHY["causal"]
     return WHY.get(basis or "", WHY["always_valid"])
@@ -96,7 +102,11 @@ def supporting_intervals(verdict: Mapping[str, Any], causal: Mapping[str, Any] |
     if verdict.get("paired_ci_95_low") is not None:
         add("paired always-valid confidence sequence", verdict.get("paired_ci_95_low"), verdict.get("paired_ci_95_high"),
             None, "paired difference of matched fills; biased when routing is not uniformly random")
-    if basis != "fixed_horizon":
+    if basis.startswith("off_policy"):
+        add("off-policy DR 95% interval, candidate - logged (single look)", verdict.get("fixed_ci_95_low"),
+            verdict.get("fixed_ci_95_high"), verdict.get("edge_delta_bps"),
+            "the same estimate before it was widened to the always-valid footing")
+    elif basis != "fixed_horizon":
         add("fixed-horizon 95% t interval", verdict.get("fixed_ci_95_low"), verdict.get("fixed_ci_95_high"),
             None, "valid only at one pre-planned look; narrower than the always-valid interval")
     for key, label in (("aipw", "AIPW 95% interval (single look)"), ("ipw", "IPW 95% interval (single look)")):
@@ -107,6 +117,11 @@ def supporting_intervals(verdict: Mapping[str, Any], causal: Mapping[str, Any] |
         elif est:
             add(label, est.get("ci_95_low"), est.get("ci_95_high"), est.get("estimate_bps"),
                 "the same estimate before it was widened to the always-valid footing")
+    for key, label in (("ips", "off-policy IPS 95% interval, candidate - logged"),
+                       ("snips", "off-policy SNIPS 95% interval, candidate - logged")):
+        est = (((causal or {}).get("sandbox") or {}).get("difference") or {}).get(key) or {}
+        add(label, est.get("ci_95_low"), est.get("ci_95_high"), est.get("estimate_bps"),
+            "another importance-weighting estimator of the same difference, at one look")
     bayes = verdict.get("bayesian") or {}
     if bayes:
         add("Bayesian 95% credible interval", bayes.get("credible_low"), bayes.get("credible_high"),

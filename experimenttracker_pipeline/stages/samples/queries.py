@@ -118,17 +118,24 @@ def pairing_states(store: Store) -> dict[str, dict[str, Any]]:
     return {r["experiment_id"]: r for r in store.rows(sa.select(experiment_pairing_state))}
 
 
+def _sandbox(e) -> sa.ColumnElement[bool]:
+    """The stored declaration (``json.dumps(sort_keys=True)``, so key and value are written exactly so, and a
+    quote inside a text value is escaped) declares ``polb_config.envelope_mode: sandbox``."""
+    return sa.case((e.declaration_json.contains('"envelope_mode": "sandbox"', autoescape=True), True), else_=False)
+
+
 def sensor_snapshot(store: Store, experiment_id: str | None = None) -> list[dict[str, Any]]:
-    """Per experiment (or the one named; A/B/n comparisons included), what the sensors and `run` decide from, in one query over small tables
-    (never sample rows): counts, the pairing watermark and the sample count of the latest verdict (the evaluation
-    watermark)."""
+    """Per experiment (or the one named; A/B/n comparisons included), what the sensors and `run` decide from, in
+    one query over small tables (never sample rows): counts, the pairing watermark, the sample count of the latest
+    verdict (the evaluation watermark), whether it is a sandbox experiment (no pairs: valued from the control's
+    logs) and whether it is an A/B/n experiment (evaluated as its comparisons)."""
     e, p, v = experiments.c, experiment_pairing_state.c, experiment_verdicts.c
     evaluated = (sa.select(v.samples).where(v.experiment_id == e.experiment_id).order_by(v.id.desc()).limit(1)
                  .scalar_subquery().label("evaluated_samples"))
     query = (sa.select(e.experiment_id, e.status, e.mode, e.variant_slug, e.control_slug, e.min_samples_for_decision,
                        e.registered_at_ms, e.source_file, sa.func.coalesce(p.samples, 0).label("samples"),
-                       p.last_appended_at_ms, p.paired_through_batch, evaluated, e.parent_experiment_id,
-                       has_comparisons().label("has_comparisons"))
+                       p.last_appended_at_ms, p.paired_through_batch, evaluated, _sandbox(e).label("sandbox"),
+                       e.parent_experiment_id, has_comparisons().label("has_comparisons"))
              .select_from(experiments.outerjoin(experiment_pairing_state, p.experiment_id == e.experiment_id))
              .order_by(e.experiment_id))
     if experiment_id is not None:

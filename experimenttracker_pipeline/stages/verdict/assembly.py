@@ -101,6 +101,8 @@ def combine_verdict(experiment: Experiment, evaluation: Mapping[str, Any], causa
     final["multiple_testing"] = evaluation.get("multiple_testing") or {"correction": "none", "family_size": 1}
     final["reason_codes"] = list(evaluation.get("reason_codes") or [])
     final["basis"] = evaluation.get("ci_method")
+    if experiment.sandbox_policy is not None and causal:
+        sandbox_verdict(experiment, causal, policy, final)
     verdict = final["verdict"]
     decidable = verdict in (VARIANT_WINS, CONTROL_WINS, "inconclusive")
     if causal and decidable:
@@ -139,6 +141,46 @@ def combine_verdict(experiment: Experiment, evaluation: Mapping[str, Any], causa
         final["drift_signalled"] = True
     final["reason_codes"] = sorted(set(final["reason_codes"]))
     return final
+
+
+SANDBOX_BASIS = "off_policy_dr_always_valid"
+
+
+def sandbox_verdict(experiment: Experiment, causal: Mapping[str, Any], policy: EvaluationPolicy,
+                    final: dict[str, Any]) -> None:
+    """A sandbox experiment has no pairs: its verdict is on the DR estimate of candidate - logged from the
+    control's usable logs (``min_samples_for_decision`` counts them), widened to always-valid like the AIPW
+    basis, and inconclusive when the weights' overlap gates fail. Updates ``final``."""
+    logs = causal.get("sandbox") or {}
+    n = int(logs.get("logs") or 0)
+    dr = (logs.get("difference") or {}).get("dr") or {}
+    estimate, se = dr.get("estimate_bps"), dr.get("se")
+    final.update(samples=n, basis=SANDBOX_BASIS, p_value=None, power=None, futile=False, srm=None,
+                 information_fraction=None, gs_boundary=None, look_samples=None, next_look_samples=None,
+                 skewness=None, skew_min_samples=None, non_inferiority=None, bayesian=None, regression_adjustment=None,
+                 edge_delta_bps=estimate, fixed_ci_95_low=dr.get("ci_95_low"), fixed_ci_95_high=dr.get("ci_95_high"),
+                 fixed_p_value=math.erfc(abs(estimate / se) / math.sqrt(2)) if estimate is not None and se else None,
+                 ci_95_low=None, ci_95_high=None, drift_signalled=False)
+    final["reason_codes"] = [c for c in final["reason_codes"] if c != EXPERIMENT_INSUFFICIENT_SAMPLES]
+    where = f"{n} logged fills of {experiment.control_slug}"
+    if estimate is not None and se:
+        final["ci_95_low"], final["ci_95_high"] = _always_valid_from_estimate(estimate, se, max(n, 2), policy)
+    if n < policy.min_samples_for_decision or final["ci_95_low"] is None:
+        final.update(verdict="insufficient_samples", event_type=EXPERIMENT_INSUFFICIENT_SAMPLES, plain_english=(
+            f"Only {where} carry the propensities needed to value policy {experiment.sandbox_policy} offline "
+            f"({policy.min_samples_for_decision} needed); no conclusion yet."))
+        return
+    low, high = final["ci_95_low"], final["ci_95_high"]
+    verdict = VARIANT_WINS if low > 0 else CONTROL_WINS if high < 0 else "inconclusive"
+    text = {VARIANT_WINS: "would have earned more edge than", CONTROL_WINS: "would have earned less edge than",
+            "inconclusive": "cannot yet be told apart from"}[verdict]
+    plain = (f"Valued offline from {where}, candidate policy {experiment.sandbox_policy} {text} the logging "
+             "policy (doubly robust estimate; no live exposure).")
+    if causal.get("estimate_reliable") is False:
+        verdict = "inconclusive"
+        plain = (f"The logging policy rarely took the actions candidate policy {experiment.sandbox_policy} would "
+                 f"take ({where}): too little overlap to value it reliably; no conclusion is drawn.")
+    final.update(verdict=verdict, event_type=EXPERIMENT_RESULT, plain_english=plain)
 
 
 def judge_goal_surface(experiment: Experiment, evaluation: Mapping[str, Any], final: dict[str, Any]) -> list[FiredRule]:
