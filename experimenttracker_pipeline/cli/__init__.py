@@ -26,6 +26,7 @@ from experimenttracker_pipeline.store import Store, StoreUnavailable
 from experimenttracker_pipeline.store.migrations import MigrationError
 from experimenttracker_pipeline.stages.causal_effects.queries import latest_causal_all
 from experimenttracker_pipeline.stages.reporting.deciding import deciding_ci, fmt_interval, supporting_intervals
+from experimenttracker_pipeline.stages.design.recommendation import latest_allocation
 from experimenttracker_pipeline.stages.declarations.queries import experiment_row, experiment_rows, set_experiment_status
 from experimenttracker_pipeline.stages.drift.queries import signals
 from experimenttracker_pipeline.stages.ingestion.queries import landing_state, newest_batch_by_slug
@@ -326,8 +327,14 @@ def status_rows(store: Store) -> list[dict[str, Any]]:
             row["drift_delivery"] = signal["delivery_status"] if signal else None
             row["verdict_report_id"] = latest_result_report_id(store, exp["experiment_id"])
             row["promotion_state"] = promotion_state(store, exp["experiment_id"]).state
+            if v.get("adaptive_analysis"):
+                row["adaptive_analysis"] = v["adaptive_analysis"]  # fills used and excluded under adaptive allocation
         if exp["experiment_id"] in causal:
             row["causal"] = _causal_summary(json.loads(causal[exp["experiment_id"]]["result_json"]))
+        if exp["mode"] == "limited_live":  # only experiments that declare adaptive allocation have one
+            allocation = latest_allocation(store, exp["experiment_id"])
+            if allocation is not None:
+                row["allocation"] = allocation
         rows.append(row)
     return rows
 
@@ -335,7 +342,7 @@ def status_rows(store: Store) -> list[dict[str, Any]]:
 def _causal_summary(result: dict[str, Any]) -> dict[str, Any]:
     """The `causal` object of `status --json`."""
     keep = ("naive_diff_bps", "ipw", "aipw", "paired", "overlap", "segments", "harmed_segments", "warnings",
-            "propensity_source", "verdict_basis", "seed")
+            "propensity_source", "verdict_basis", "seed", "aipw_adaptive", "ipw_adaptive", "adaptive")
     return {key: result[key] for key in keep if key in result}
 
 
