@@ -93,8 +93,8 @@ def process_experiment(store: Store, registry: StrategyRegistry, experiment_id: 
                        newest_batch_by_slug: Mapping[str, int]) -> ExperimentOutcome:
     """Pair the experiment's new fills if a newer batch brought any, verify its hash chain, then run the evaluation
     chain (intervals -> causal -> verdict -> drift signal -> allocation recommendation, when declared -> promotion
-    gate) if ``rule`` says it is due. Never
-    raises for the experiment's own failures: the outcome says which stage failed and why."""
+    gate) if ``rule`` says it is due. Never raises for the experiment's own failures: the outcome says which stage
+    failed and why (a failed recommendation is a note: it stops nothing)."""
     outcome = ExperimentOutcome(experiment_id)
     stage = "experiment_samples"
     try:
