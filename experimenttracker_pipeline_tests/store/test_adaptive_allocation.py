@@ -136,6 +136,9 @@ def test_pass_recommends_once_per_evaluation_and_decides_on_the_logged_propensit
     assert excluded == {"no_logged_propensity": 4, "not_randomised": 2, "zero_propensity": 0}
     assert "CAUSAL_ADAPTIVE_FILLS_EXCLUDED" in verdict["reason_codes"]
     assert set(causal["adaptive"]["effects"]) == {"good", "bad"}
+    result = store.reports("exp_adaptive", "EXPERIMENT_RESULT")[-1]
+    assert result["ci_method"] == result["deciding_ci"]["method"] == "aipw_adaptive_always_valid"
+    assert result["adaptive_analysis"]["excluded"]["no_logged_propensity"] >= 2
 
     # status --json: the newest recommendation and the deciding CI's method, for the declaring experiment only.
     _pass(store, "exp_fixed")

@@ -94,7 +94,6 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
     return CausalRun(experiment_id, causal_id, result)
 
 
-
 def _with_adaptive_analysis(store: Store, exp: dict[str, Any], experiment, result: dict[str, Any]) -> dict[str, Any]:
     """``result`` with the adaptive analysis over every arm's fills as the verdict's basis (``aipw_adaptive``)."""
     from experimenttracker_pipeline.causal.adaptive import adaptive_analysis

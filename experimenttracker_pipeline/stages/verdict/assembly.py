@@ -261,6 +261,8 @@ def result_payload(experiment: Experiment, final: Mapping[str, Any], evaluation_
         "non_inferiority": final.get("non_inferiority"),
         "non_inferiority_margins": final.get("non_inferiority_margins"),
         "look_samples": final.get("look_samples"),
+        # Under adaptive allocation: the fills the logged-propensity analysis used and excluded (and why).
+        "adaptive_analysis": final.get("adaptive_analysis"),
         # The anchored chain head the verdict rests on: once published, a copy outside the store.
         "chain_head": final.get("chain_head"),
         # The interval the verdict was decided on, named as on every other surface, and why it is the one.
