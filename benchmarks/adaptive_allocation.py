@@ -12,6 +12,12 @@ history-only AIPW) and its 95% CI checked against the truth; the naive differenc
 Regret: sum over units of (best arm mean - mean of the unit's arm), the best arm being the best the cap allows
 (the control plus the cap on the best treatment).
 
+The pipeline's deciding CI for an experiment that declares adaptive allocation is that AIPW estimate widened to the
+always-valid footing (``verdict.assembly``, basis ``aipw_adaptive_always_valid``), looked at after every batch:
+the benchmark reports how often it covers the truth at *every* look, and how often the propensity check
+(``causal.adaptive.propensity_check``, the sample-ratio check of adaptive allocation) raises a false alarm at the
+end when the logging is correct.
+
     python benchmarks/adaptive_allocation.py                  # 400 experiments, 3 arms, 40 batches of 250
     python benchmarks/adaptive_allocation.py --sims 100 --batches 20   # quick
     python benchmarks/adaptive_allocation.py --means 0 0 0          # all null: coverage of zero effects
@@ -24,8 +30,10 @@ import time
 
 import numpy as np
 
-from experimenttracker_pipeline.causal.adaptive import adaptive_effects
+from experimenttracker_pipeline.causal.adaptive import adaptive_effects, propensity_check
 from experimenttracker_pipeline.stages.design.allocation import ArmStats, recommend_allocation
+from experimenttracker_pipeline.stages.verdict.assembly import _always_valid_from_estimate  # the verdict's widening
+from experimenttracker_pipeline.stages.verdict.rule import EvaluationPolicy
 
 
 def best_capped_mean(means: np.ndarray, cap: float) -> float:
@@ -79,7 +87,10 @@ def main() -> None:
     ap.add_argument("--cap-bp", type=int, default=5000)
     ap.add_argument("--floor", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--tune-n", type=int, default=100,
+                    help="samples the always-valid boundary is tuned at (the default min_samples_for_decision)")
     args = ap.parse_args()
+    policy = EvaluationPolicy(min_samples_for_decision=args.tune_n)
     means = np.asarray(args.means)
     k = len(means)
     rng = np.random.default_rng(args.seed)
@@ -92,6 +103,7 @@ def main() -> None:
     bias = {m: np.zeros(k - 1) for m in ("ipw", "aipw", "naive")}
     width = {m: np.zeros(k - 1) for m in ("ipw", "aipw")}
     min_share, max_treat_total, min_logged = 1.0, 0.0, 1.0
+    covered_every_look, check_alarms = np.zeros(k - 1), 0
     t0 = time.perf_counter()
     for s in range(args.sims):
         arms, a, y, e, shares = simulate(means, args.sd, args.batches, args.batch, args.cap_bp, args.floor, rng, s)
@@ -99,7 +111,20 @@ def main() -> None:
         min_share = min(min_share, float(shares.min()))
         max_treat_total = max(max_treat_total, float(shares[:, 1:].sum(axis=1).max()))
         min_logged = min(min_logged, float(e.min()))
-        effects = adaptive_effects([arms[i] for i in a], y, e, control="control", order=np.arange(len(a)))
+        labels = [arms[i] for i in a]
+        effects = adaptive_effects(labels, y, e, control="control", order=np.arange(len(a)))
+        check_alarms += propensity_check(labels, e)["mismatch"]
+        every = np.ones(k - 1, dtype=bool)
+        for m in range(args.batch, len(a) + 1, args.batch):  # the deciding CI at every look (batch end)
+            if min(np.bincount(a[:m], minlength=k)) < 2:
+                continue
+            looked = effects if m == len(a) else adaptive_effects(labels[:m], y[:m], e[:m], control="control",
+                                                                  order=np.arange(m))
+            for j in range(1, k):
+                est = looked[arms[j]].aipw
+                low, high = _always_valid_from_estimate(est.estimate_bps, est.se, m, policy)
+                every[j - 1] &= low <= means[j] - means[0] <= high
+        covered_every_look += every
         for j in range(1, k):
             truth = means[j] - means[0]
             eff = effects[arms[j]]
@@ -128,6 +153,10 @@ def main() -> None:
         print(f"t{j:<3} {means[j] - means[0]:>6.2f} {cover['ipw'][j - 1] / S:>8.3f} {cover['aipw'][j - 1] / S:>9.3f} "
               f"{cover['naive'][j - 1] / S:>10.3f} {bias['ipw'][j - 1] / S:>9.3f} {bias['aipw'][j - 1] / S:>10.3f} "
               f"{bias['naive'][j - 1] / S:>11.3f} {width['ipw'][j - 1] / S:>10.3f} {width['aipw'][j - 1] / S:>11.3f}")
+    print(f"deciding CI (AIPW, always-valid, tuned at n={args.tune_n}) covering the truth at every one of "
+          f"{args.batches} looks: " + ", ".join(f"t{j} {covered_every_look[j - 1] / S:.3f}" for j in range(1, k))
+          + " (target >= 0.95)")
+    print(f"propensity check false alarms (alpha 0.001, correct logging): {check_alarms}/{S} = {check_alarms / S:.3f}")
 
 
 if __name__ == "__main__":

@@ -103,3 +103,13 @@ def make_contract(raw: Mapping[str, Any] | None = None, source_file: str = "expe
     raw = copy.deepcopy(dict(raw if raw is not None else example_raw()))
     raw.update(overrides)
     return parse_experiment(raw, source_file).contract
+
+
+def abn_raw(**overrides: Any) -> dict[str, Any]:
+    """A limited-live declaration with two treatments and a control (PoLB cap 3000 bp), no adaptive allocation."""
+    raw = {**old_raw(mode="limited_live", traffic_split_pct=20), "polb_config": {"max_population_share_bp": 3000},
+           "variants": {"control": {"slug": "sports-model", "traffic_share_bp": 8000},
+                        "good": {"slug": "sports-model-v2", "traffic_share_bp": 1000},
+                        "bad": {"slug": "sports-model-v3", "traffic_share_bp": 1000}}}
+    raw.update(overrides)
+    return raw

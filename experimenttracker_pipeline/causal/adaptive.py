@@ -26,12 +26,19 @@ import numpy as np
 
 from experimenttracker_pipeline.model.numbers import to_json
 
-from .common import Estimate
+from .common import MIN_ARM_N, Estimate
 from .weighting import _se_from_if, kish_ess
 
-__all__ = ["AdaptiveEffect", "adaptive_effects", "ADAPTIVE_LOW_PROPENSITY"]
+__all__ = ["AdaptiveEffect", "adaptive_effects", "adaptive_analysis", "ADAPTIVE_LOW_PROPENSITY",
+           "ADAPTIVE_FILLS_EXCLUDED", "ADAPTIVE_INSUFFICIENT_DATA", "ADAPTIVE_PROPENSITY_MISMATCH", "ADAPTIVE_BASIS",
+           "propensity_check"]
 
 ADAPTIVE_LOW_PROPENSITY = "CAUSAL_ADAPTIVE_LOW_PROPENSITY"
+ADAPTIVE_FILLS_EXCLUDED = "CAUSAL_ADAPTIVE_FILLS_EXCLUDED"  # some fills had no usable logged propensity
+ADAPTIVE_INSUFFICIENT_DATA = "CAUSAL_ADAPTIVE_INSUFFICIENT_DATA"  # too few usable fills in the variant or control arm
+ADAPTIVE_PROPENSITY_MISMATCH = "CAUSAL_ADAPTIVE_PROPENSITY_MISMATCH"  # arm counts disagree with the logged propensities
+ADAPTIVE_BASIS = "aipw_adaptive"
+PROPENSITY_CHECK_ALPHA = 0.001  # as the sample-ratio-mismatch check of fixed splits
 
 
 @dataclass
@@ -135,4 +142,86 @@ def adaptive_effects(arms: Sequence[str], outcomes: Sequence[float], propensitie
         warns = [ADAPTIVE_LOW_PROPENSITY] if low < min_propensity else []
         out[lab] = AdaptiveEffect(lab, control, ipw, aipw, naive, int(len(y_t)), int(len(y_c)), ess_t, ess_c, low,
                                   warns)
+    return out
+
+
+def propensity_check(arms: Sequence[str], propensities: Sequence[float], *,
+                     alpha: float = PROPENSITY_CHECK_ALPHA) -> dict:
+    """The sample-ratio check of adaptive allocation: with correct logging, every arm's Horvitz-Thompson count
+    ``sum(1{A=a} / e)`` estimates the number of units N, with variance ``sum(1{A=a} (1 - e) / e^2)``; each arm's
+    z-test, Bonferroni over the arms, flags routing or logging that disagrees with the logged propensities."""
+    from scipy import stats
+
+    a = np.asarray(arms, dtype=object)
+    e = np.asarray(propensities, dtype=float)
+    n = len(a)
+    per_arm = {}
+    for lab in sorted({str(x) for x in a}):
+        w = e[a == lab]
+        total, var = float((1 / w).sum()), float(((1 - w) / w ** 2).sum())
+        z = (total - n) / np.sqrt(var) if var > 0 else 0.0
+        per_arm[lab] = {"fills": int(len(w)), "ht_units": total, "z": float(z),
+                        "p_value": float(2 * stats.norm.sf(abs(z)))}
+    p_min = min((r["p_value"] for r in per_arm.values()), default=1.0)
+    p_adjusted = min(1.0, p_min * max(1, len(per_arm)))
+    return {"units": n, "arms": per_arm, "p_value": p_adjusted, "alpha": alpha, "mismatch": p_adjusted < alpha,
+            "method": "Horvitz-Thompson count per arm against the number of units, z-test, Bonferroni over arms"}
+
+
+def adaptive_analysis(arms: Sequence[str], outcomes: Sequence[float], propensities: Sequence[float | None],
+                      markets: Sequence[str], order: Sequence[float], *, control: str, variant: str,
+                      forbidden_markets: Sequence[str] = (), min_arm_n: int = MIN_ARM_N,
+                      alpha: float = 0.05) -> dict:
+    """The causal-result fields of an experiment that declares adaptive allocation: the verdict's basis is the
+    AIPW effect of ``variant`` against ``control`` from the logged propensities (``aipw_adaptive``), with the IPW
+    one and every arm's effects under ``adaptive``.
+
+    ``propensities[i]`` is the logged probability of the arm fill i was routed to. Fills that cannot enter the
+    analysis are excluded and counted, never dropped silently: no logged propensity; not randomised (a market ETH
+    forces to control, or a logged propensity of 1); a logged propensity of 0. The estimate is reliable when both
+    arms keep ``min_arm_n`` fills, no propensity is below 1% and the arm counts agree with the logged propensities
+    (``propensity_check``, the sample-ratio check of adaptive allocation).
+    """
+    excluded = {"no_logged_propensity": 0, "not_randomised": 0, "zero_propensity": 0}
+    forbidden = set(forbidden_markets)
+    keep = []
+    for i, (e, market) in enumerate(zip(propensities, markets)):
+        if e is None or not np.isfinite(e):
+            excluded["no_logged_propensity"] += 1
+        elif market in forbidden or e >= 1:
+            excluded["not_randomised"] += 1
+        elif e <= 0:
+            excluded["zero_propensity"] += 1
+        else:
+            keep.append(i)
+    a = [str(arms[i]) for i in keep]
+    block: dict = {"fills": len(arms), "fills_used": len(keep), "excluded": excluded, "effects": {},
+                   "method": "effects from the logged assignment propensities under adaptive allocation: Hajek IPW and "
+                             "AIPW with a history-only outcome model, in recorded order; fills without a usable "
+                             "propensity are excluded and counted"}
+    warnings = [ADAPTIVE_FILLS_EXCLUDED] if len(keep) < len(arms) else []
+    out: dict = {"adaptive": block, "verdict_basis": ADAPTIVE_BASIS, "estimate_reliable": False,
+                 ADAPTIVE_BASIS: None, "ipw_adaptive": None, "verdict_estimate": None}
+    if min(a.count(control), a.count(variant)) < 2:
+        block["detail"] = f"needs at least 2 fills with a logged propensity in {variant} and in {control}"
+        out["warnings"] = warnings + [ADAPTIVE_INSUFFICIENT_DATA]
+        return out
+    e = [float(propensities[i]) for i in keep]  # type: ignore[arg-type]
+    check = propensity_check(a, e)
+    block["propensity_check"] = check
+    if check["mismatch"]:
+        warnings.append(ADAPTIVE_PROPENSITY_MISMATCH)
+    effects = adaptive_effects(a, [outcomes[i] for i in keep], e, control=control, order=[order[i] for i in keep],
+                               alpha=alpha)
+    block["effects"] = {arm: effect.to_dict() for arm, effect in effects.items()}
+    effect = effects[variant]
+    warnings += effect.warnings
+    if min(effect.n_arm, effect.n_control) < min_arm_n:
+        warnings.append(ADAPTIVE_INSUFFICIENT_DATA)
+    aipw = {**to_json(effect.aipw, sig=None), "n": len(keep)}  # n: the fills the scores average over
+    out.update({ADAPTIVE_BASIS: aipw, "ipw_adaptive": {**to_json(effect.ipw, sig=None), "n": len(keep)},
+                "verdict_estimate": aipw,
+                "estimate_reliable": (min(effect.n_arm, effect.n_control) >= min_arm_n and not effect.warnings
+                                      and not check["mismatch"]),
+                "warnings": warnings})
     return out

@@ -33,6 +33,7 @@ from experimenttracker_pipeline.stages.declarations.queries import (
     experiment_rows,
     set_experiment_status,
 )
+from experimenttracker_pipeline.stages.design.recommendation import latest_allocation
 from experimenttracker_pipeline.stages.drift.queries import signals
 from experimenttracker_pipeline.stages.ingestion.queries import landing_state, newest_batch_by_slug
 from experimenttracker_pipeline.stages.publishing.queries import unpublished_count
@@ -333,6 +334,7 @@ def status_rows(store: Store) -> list[dict[str, Any]]:
                 "verdict", "winning_variant", "ci_95_low", "ci_95_high", "edge_delta_bps", "ci_variant", "drift_signalled",
                 "ranking", "pareto_set", "multiple_testing", "reason_codes", "plain_english")})
             row["samples_evaluated"] = sum(u.get("samples_evaluated") or 0 for u in units.values())
+        _add_allocation(store, exp, row)
         row["variants"] = {}
         for vid, unit in units.items():
             summary = (overall.get("variants") or {}).get(vid, {})
@@ -382,15 +384,26 @@ def _unit_status(store: Store, exp: Mapping[str, Any], context: Mapping[str, Any
         row["drift_delivery"] = signal["delivery_status"] if signal else None
         row["verdict_report_id"] = latest_result_report_id(store, exp["experiment_id"])
         row["promotion_state"] = promotion_state(store, exp["experiment_id"]).state
+        if v.get("adaptive_analysis"):
+            row["adaptive_analysis"] = v["adaptive_analysis"]  # fills used and excluded under adaptive allocation
     if exp["experiment_id"] in causal:
         row["causal"] = _causal_summary(json.loads(causal[exp["experiment_id"]]["result_json"]))
+    _add_allocation(store, exp, row)
     return row
+
+
+def _add_allocation(store: Store, exp: Mapping[str, Any], row: dict[str, Any]) -> None:
+    """The latest allocation recommendation, for a limited-live experiment that declares adaptive allocation."""
+    if exp["mode"] == "limited_live" and exp.get("parent_experiment_id") is None:
+        allocation = latest_allocation(store, exp["experiment_id"])
+        if allocation is not None:
+            row["allocation"] = allocation
 
 
 def _causal_summary(result: dict[str, Any]) -> dict[str, Any]:
     """The `causal` object of `status --json`."""
     keep = ("naive_diff_bps", "ipw", "aipw", "paired", "overlap", "segments", "harmed_segments", "warnings",
-            "propensity_source", "verdict_basis", "seed", "sandbox")
+            "propensity_source", "verdict_basis", "seed", "sandbox", "aipw_adaptive", "ipw_adaptive", "adaptive")
     return {key: result[key] for key in keep if key in result}
 
 

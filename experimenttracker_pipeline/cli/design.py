@@ -63,11 +63,13 @@ def register(subparsers: Any) -> None:
     a = subparsers.add_parser(
         "allocate", help="recommend traffic shares for a limited-live experiment (Thompson sampling, floor, PoLB cap)",
         description="Recommend the next traffic shares of EXPERIMENT_ID's arms from the posterior probability that "
-                    "each is best on the primary metric (its live fills since the start), with a floor per arm and "
+                    "each is best on the declared objective (the primary metric, or the goal surface's score, over its "
+                    "live fills since the start), with a floor per arm and "
                     "the treatments' total capped at the PoLB max_population_share_bp. Only the router applies it; "
                     "--emit writes an EXPERIMENT_ALLOCATION_RECOMMENDED OperationsReport (once per sample count).")
     a.add_argument("experiment_id", metavar="EXPERIMENT_ID")
-    a.add_argument("--floor", type=float, default=DEFAULT_FLOOR, help="minimum share per arm (default 0.05)")
+    a.add_argument("--floor", type=float, default=None,
+                   help=f"minimum share per arm (default: the declared adaptive_allocation.floor_bp, else {DEFAULT_FLOOR})")
     a.add_argument("--emit", action="store_true", help="write the recommendation to the report outbox")
     a.add_argument("--json", action="store_true", help="print the report payload as JSON")
 
@@ -113,7 +115,7 @@ def _propose(args: argparse.Namespace, store: Store) -> int:
 def _allocate(args: argparse.Namespace, store: Store) -> int:
     from experimenttracker_pipeline.stages.design.recommendation import AllocationRefused, recommend_for_experiment
 
-    if not 0 <= args.floor < 0.5:
+    if args.floor is not None and not 0 <= args.floor < 0.5:
         raise CliError(f"--floor must be in [0, 0.5), got {args.floor}")
     try:
         result = recommend_for_experiment(store, args.experiment_id, floor=args.floor, emit=args.emit)

@@ -152,6 +152,8 @@ def _pass_step(index: int) -> dg.OpDefinition:
                 _log_materializations(context, db, outcome, store.reports_dir)
                 if not outcome.ok:
                     context.log.error(f"{experiment_id} failed at {outcome.failed_stage}: {outcome.error}")
+                if outcome.notes:
+                    context.log.info(f"{experiment_id}: {'; '.join(outcome.notes)}")
                 outcomes.append(outcome)
             _log_checks(context, db, outcomes)
             if store.reports_dir:

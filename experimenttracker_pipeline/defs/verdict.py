@@ -12,6 +12,7 @@ from experimenttracker_pipeline.defs.partitions import (
 from experimenttracker_pipeline.defs.resources import (
     ExperimentStoreResource,
 )
+from experimenttracker_pipeline.stages.design.recommendation import allocation_markdown, latest_allocation
 from experimenttracker_pipeline.stages.governance import operations as governance_ops
 from experimenttracker_pipeline.stages.reporting import verdict_view
 from experimenttracker_pipeline.stages.reporting.html_report import report_file_name, write_experiment_report
@@ -34,7 +35,8 @@ def verdicts(context: dg.AssetExecutionContext, store: ExperimentStoreResource) 
 
 def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None, *, write_report: bool = True) -> dict:
     """Metadata of one experiment's verdicts materialization: the deciding CI first (rounded for reading; the
-    store keeps full precision), supporting evidence, SRM, power progress, the persona views and the report."""
+    store keeps full precision), supporting evidence, SRM, power progress, the persona views, the report and, for
+    an experiment that declares adaptive allocation, its newest recommended shares."""
     v = result.verdict
     views = governance_ops.persona_views(db, result.experiment_id)
     shown = verdict_view.verdict_summary(db, result.experiment_id, v)
@@ -66,6 +68,13 @@ def verdict_metadata(db, result: VerdictResult, reports_dir: str | None = None, 
     }
     if "/" in result.experiment_id:
         metadata["experiment_overall"] = dg.MetadataValue.md(overall_md(db, result.experiment_id.split("/", 1)[0]))
+    allocation = latest_allocation(db, result.experiment_id)
+    if allocation is not None:  # declared adaptive allocation: the newest recommendation, per arm
+        metadata["allocation"] = dg.MetadataValue.md(allocation_markdown(allocation))
+        metadata["allocation_json"] = dg.MetadataValue.json(allocation)
+        metadata["allocation_report_id"] = allocation["report_id"]
+        for arm, row in allocation["arms"].items():  # plotted across materializations
+            metadata[f"recommended_share_bp_{arm}"] = number_or_null(row["recommended_share_bp"])
     if reports_dir:
         # The HTML report follows the EXPERIMENT_RESULT reports: rewritten when one is emitted (or the file is
         # missing), not at every look; the sign-off job and `experimenttracker report` rewrite it too.

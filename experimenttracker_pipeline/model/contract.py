@@ -2,7 +2,7 @@
 
 The contract is the part of an :class:`~experimenttracker_pipeline.model.experiment.Experiment` that approvals
 pin. ``contract_sections`` validates the optional sections ``personas``, ``eval_surface``, ``polb_config``,
-``variants``, ``eth_constraints``, ``stop_rules`` and ``assignment`` of a declaration and fills defaults derived
+``variants``, ``eth_constraints``, ``stop_rules``, ``assignment`` and ``adaptive_allocation`` of a declaration and fills defaults derived
 from its ``mode`` and ``traffic_split_pct``, so declarations without them keep working; the experiment parser
 (``model.experiment.parse_experiment``) validates the core fields and the plans, and collects every problem of
 the file into one ``InvalidDeclaration``.
@@ -91,8 +91,13 @@ _SUPPORTED_OPS = ("<=", "<", ">=", ">")
 # The declaration's contract sections (the core fields and the plans are listed in model.experiment).
 CONTRACT_KEYS = frozenset({
     "personas", "eval_surface", "polb_config", "variants", "eth_constraints", "stop_rules",
-    "assignment",
+    "assignment", "adaptive_allocation",
 })
+# Adaptive allocation (spec 15): what the arms are ranked on, and the default floor per arm.
+ALLOCATION_OBJECTIVES = ("primary_metric", "goal_surface")
+DEFAULT_ALLOCATION_FLOOR_BP = 500
+# Metrics with a per-fill outcome (an arm's fills can be scored on them); fill_size_ratio has none.
+PER_FILL_METRICS = ("edge_delta_bps", "slippage_delta_bps", "fill_quality_delta")
 
 
 # -- contract model --------------------------------------------------------------------------
@@ -273,6 +278,19 @@ class StopRules:
 
 
 @dataclass(frozen=True)
+class AdaptiveAllocation:
+    """Opt-in to adaptive allocation (limited live only): after each evaluation the pipeline recommends traffic
+    shares from the posterior probability that each arm is best on ``objective``, every arm keeping at least
+    ``floor_bp``; the router alone applies them. Its analysis uses the logged assignment propensities."""
+
+    objective: str = "primary_metric"  # or "goal_surface": the surface's scalarised score per fill
+    floor_bp: int = DEFAULT_ALLOCATION_FLOOR_BP
+
+    def to_canonical(self) -> dict[str, Any]:
+        return {"objective": self.objective, "floor_bp": self.floor_bp}
+
+
+@dataclass(frozen=True)
 class ExperimentContract:
     experiment_id: str
     principal: str
@@ -296,6 +314,7 @@ class ExperimentContract:
     # Changing the CI method or the planned looks after approval must change the digest, or the plan
     # could be swapped after peeking.
     statistics_plan: StatisticsPlan = StatisticsPlan()
+    adaptive_allocation: AdaptiveAllocation | None = None  # declared opt-in; None = fixed shares
     source_file: str = "<memory>"
     defaults_applied: tuple[str, ...] = field(default=(), compare=False)
 
@@ -318,8 +337,9 @@ class ExperimentContract:
         raise KeyError(variant_id)
 
     def to_canonical(self) -> dict[str, Any]:
-        """The digest-bound export form (integers only, sorted set-like lists)."""
-        return {
+        """The digest-bound export form (integers only, sorted set-like lists). ``adaptive_allocation`` appears
+        only when declared, so the digests of contracts without it are unchanged."""
+        out = {
             "schema": SCHEMA,
             "kind": "experiment_contract",
             "id": self.experiment_id,
@@ -347,6 +367,9 @@ class ExperimentContract:
                 "variant_order": [v.id for v in self.variants],
             },
         }
+        if self.adaptive_allocation is not None:
+            out["adaptive_allocation"] = self.adaptive_allocation.to_canonical()
+        return out
 
     @cached_property
     def canonical_bytes(self) -> bytes:
@@ -557,12 +580,66 @@ def build_contract(err: f.Issues, raw: Mapping[str, Any], core: Mapping[str, Any
         if a and "salt" in a:
             salt = f.text(err, a["salt"], "assignment.salt") or salt
 
+    adaptive = _adaptive_allocation(err, raw.get("adaptive_allocation"), core["mode"], polb, variants, eval_surface)
+
     if err.items or statistics_plan is None:
         return None
     return ExperimentContract(
         **core, personas=personas, eval_surface=eval_surface, polb_config=polb, variants=variants,
-        eth_constraints=eth, stop_rules=stop, salt=salt, statistics_plan=statistics_plan, source_file=err.file,
-        defaults_applied=tuple(defaults))
+        eth_constraints=eth, stop_rules=stop, salt=salt, statistics_plan=statistics_plan,
+        adaptive_allocation=adaptive, source_file=err.file, defaults_applied=tuple(defaults))
+
+
+def _adaptive_allocation(err: f.Issues, v: Any, mode: str | None, polb: PoLBConfig | None,
+                         variants: tuple[Variant, ...] | None,
+                         surface: EvalSurface | None) -> AdaptiveAllocation | None:
+    """The declared opt-in, or None. Only a limited_live experiment in an online/degraded envelope adapts its
+    traffic; the floors must fit in the population and, for the treatments, under the PoLB cap."""
+    if v is None:
+        return None
+    path = "adaptive_allocation"
+    m = f.mapping(err, v, path, ("objective", "floor_bp"))
+    if m is None:
+        return None
+    objective = "primary_metric"
+    if m.get("objective") is not None:
+        objective = f.enum(err, m["objective"], f"{path}.objective", ALLOCATION_OBJECTIVES)
+    floor_bp: int | None = DEFAULT_ALLOCATION_FLOOR_BP
+    if m.get("floor_bp") is not None:
+        # Every logged propensity stays >= the floor: 0 would let an arm starve and break the IPW/AIPW analysis.
+        floor_bp = f.integer(err, m["floor_bp"], f"{path}.floor_bp", 1, 5000, "basis points")
+    ok = objective is not None and floor_bp is not None
+    if mode is not None and mode != "limited_live":
+        err.add(path, f"only a limited_live experiment can adapt its traffic; this one is {mode} (no live traffic "
+                      "to allocate)")
+        ok = False
+    elif polb is not None and not polb.is_online:
+        err.add(path, f"needs an online or degraded PoLB envelope; polb_config.envelope_mode is {polb.envelope_mode}")
+        ok = False
+    if surface is not None and objective is not None:
+        metrics = ([o.metric for o in surface.primary] if objective == "primary_metric"
+                   else [o.metric for o in surface.objectives])
+        if objective == "primary_metric" and len(metrics) > 1:
+            err.add(f"{path}.objective", f"primary_metric is ambiguous with {len(metrics)} primary metrics "
+                                         f"({', '.join(metrics)}); declare objective: goal_surface")
+            ok = False
+        missing = [x for x in metrics if x not in PER_FILL_METRICS]
+        if missing:
+            err.add(f"{path}.objective", f"{objective} uses {', '.join(missing)}, which has no per-fill outcome to "
+                                         f"allocate on (per-fill metrics: {', '.join(PER_FILL_METRICS)})")
+            ok = False
+    if variants is not None and floor_bp is not None:
+        k, treatments = len(variants), len(variants) - 1
+        if floor_bp * k > 10_000:
+            err.add(f"{path}.floor_bp", f"{floor_bp} bp for each of {k} arms exceeds the whole population "
+                                        "(10000 bp)")
+            ok = False
+        elif polb is not None and floor_bp * treatments > polb.max_population_share_bp:
+            err.add(f"{path}.floor_bp", f"{floor_bp} bp for each of {treatments} treatment(s) exceeds "
+                                        f"polb_config.max_population_share_bp {polb.max_population_share_bp}: "
+                                        "lower the floor or raise the cap")
+            ok = False
+    return AdaptiveAllocation(objective, floor_bp) if ok else None
 
 
 def _polb(err: f.Issues, v: Any, mode: str | None, split_bp: int | None,

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from experimenttracker_pipeline.orchestration.due_work import PAUSED, SET_ASIDE, EvaluationRule, pairing_due
 from experimenttracker_pipeline.stages.causal_effects.estimation import CausalRun, compute_causal, sandbox_samples
 from experimenttracker_pipeline.stages.declarations.queries import known_experiment_ids
+from experimenttracker_pipeline.stages.design.recommendation import ExperimentAllocation, recommend_after_evaluation
 from experimenttracker_pipeline.stages.drift.registry import StrategyRegistry
 from experimenttracker_pipeline.stages.drift.signal import DriftResult, signal_drift
 from experimenttracker_pipeline.stages.intervals.evaluation import IntervalsResult, compute_intervals
@@ -64,6 +65,7 @@ class ExperimentOutcome:
     verdict: VerdictResult | None = None
     drift: DriftResult | None = None
     promotion: PromotionResult | None = None
+    allocation: ExperimentAllocation | None = None  # adaptive allocation's recommendation, when declared
     failed_stage: str | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -90,9 +92,10 @@ class ExperimentOutcome:
 def process_experiment(store: Store, registry: StrategyRegistry, experiment_id: str, rule: EvaluationRule,
                        newest_batch_by_slug: Mapping[str, int]) -> ExperimentOutcome:
     """Pair the experiment's new fills if a newer batch brought any, verify its hash chain, then run the evaluation
-    chain (intervals -> causal -> verdict -> drift signal -> promotion gate) if ``rule`` says it is due (counting
-    a sandbox experiment's usable logs, since it has no pairs). Never raises for the experiment's own failures:
-    the outcome says which stage failed and why."""
+    chain (intervals -> causal -> verdict -> drift signal -> allocation recommendation, when declared -> promotion
+    gate) if ``rule`` says it is due (counting a sandbox experiment's usable logs, since it has no pairs). Never
+    raises for the experiment's own failures: the outcome says which stage failed and why (a failed recommendation
+    is a note: it stops nothing)."""
     outcome = ExperimentOutcome(experiment_id)
     stage = "experiment_samples"
     try:
@@ -137,6 +140,11 @@ def process_experiment(store: Store, registry: StrategyRegistry, experiment_id: 
             outcome.verdict = decide(store, experiment_id)
             stage = "drift_signals"
             outcome.drift = signal_drift(store, experiment_id, registry)
+            try:  # advice for the router: a failure is noted and never stops the experiment's other stages
+                outcome.allocation = recommend_after_evaluation(store, experiment_id, samples)
+            except Exception as exc:  # noqa: BLE001
+                outcome.notes.append(f"allocation not recommended: {type(exc).__name__}: {exc}")
+                log.warning("%s: allocation not recommended: %s", experiment_id, exc)
             stage = "promotions"
             outcome.promotion = promotion_state(store, experiment_id, apply=True)
     except Exception as exc:  # noqa: BLE001 - one experiment's failure is reported, the pass goes on

@@ -17,7 +17,13 @@ import experimenttracker_pipeline.model.canonical as cj
 from experimenttracker_pipeline.model.experiment import experiment_from_row, parse_experiment
 from experimenttracker_pipeline.model.fields import InvalidDeclaration
 
-from experimenttracker_pipeline_tests.contract_fixtures import EXAMPLE_YAML, example_raw, make_contract, old_raw
+from experimenttracker_pipeline_tests.contract_fixtures import (
+    EXAMPLE_YAML,
+    abn_raw,
+    example_raw,
+    make_contract,
+    old_raw,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -318,3 +324,60 @@ def test_sandbox_experiment_names_one_candidate_policy():
     assert make_contract(raw).treatments[0].policy == "sports-v2"
     del raw["variants"]["treatment"]["policy"]
     assert only_error(raw).path == "variants.treatment.policy"
+
+
+# -- adaptive allocation opt-in ---------------------------------------------------------------
+
+ABN = abn_raw()
+
+
+def test_contracts_without_adaptive_allocation_keep_their_digest():
+    """Approvals pin the digest: declaring nothing new must leave every existing canonical form unchanged (the
+    three digests were computed by the code before adaptive allocation existed)."""
+    assert make_contract().digest == "sha256:e95e302fd9bbf70bfac2fa46839cfa64fd545c72bbe25b45b4037c2fc47befa8"
+    assert make_contract(old_raw()).digest == "sha256:4b98461fcaaac9c8a6ba27c7f0184b507ee7515df9459a8b9c31220cd7c8d462"
+    assert make_contract(ABN).digest == "sha256:22a5c64829db31a78d332ee6a5bd26a9b7badfb529cd6ba9cb307bb4ad744b0d"
+    for c in (make_contract(), make_contract(ABN), make_contract(ABN | {"adaptive_allocation": None})):
+        assert c.adaptive_allocation is None and "adaptive_allocation" not in c.to_canonical()
+
+
+def test_adaptive_allocation_is_declared_into_the_digest_with_defaults():
+    c = make_contract(ABN | {"adaptive_allocation": {}})
+    assert (c.adaptive_allocation.objective, c.adaptive_allocation.floor_bp) == ("primary_metric", 500)
+    assert c.to_canonical()["adaptive_allocation"] == {"objective": "primary_metric", "floor_bp": 500}
+    assert c.digest != make_contract(ABN).digest
+    explicit = make_contract(ABN | {"adaptive_allocation": {"objective": "primary_metric", "floor_bp": 500}})
+    assert explicit.digest == c.digest
+    surface = make_contract(ABN | {"adaptive_allocation": {"objective": "goal_surface", "floor_bp": 1000}})
+    assert surface.adaptive_allocation.objective == "goal_surface" and surface.digest != c.digest
+    # The README example (primary and secondary objectives with per-fill outcomes) may use its goal surface.
+    example = make_contract(example_raw() | {"adaptive_allocation": {"objective": "goal_surface", "floor_bp": 500}})
+    assert example.adaptive_allocation.objective == "goal_surface"
+
+
+@pytest.mark.parametrize("raw, field, message", [
+    (old_raw() | {"adaptive_allocation": {}}, "adaptive_allocation", "only a limited_live experiment"),
+    (ABN | {"adaptive_allocation": {"objective": "bandit"}}, "adaptive_allocation.objective", "primary_metric, goal_surface"),
+    (ABN | {"adaptive_allocation": {"floor_bp": 0}}, "adaptive_allocation.floor_bp", "1..5000"),
+    (ABN | {"adaptive_allocation": {"floor_bp": 0.05}}, "adaptive_allocation.floor_bp", ""),
+    (ABN | {"adaptive_allocation": {"floor_bp": 2000}}, "adaptive_allocation.floor_bp",
+     "exceeds polb_config.max_population_share_bp 3000"),
+    (ABN | {"adaptive_allocation": {"floor": 500}}, "adaptive_allocation.floor", "unknown key"),
+    (ABN | {"adaptive_allocation": "yes"}, "adaptive_allocation", "must be a mapping"),
+    (ABN | {"adaptive_allocation": {}, "eval_surface": {"objectives": {"primary": [
+        {"name": "fill_size_ratio", "weight_bp": 10000}]}}}, "adaptive_allocation.objective", "no per-fill outcome"),
+    (ABN | {"adaptive_allocation": {}, "eval_surface": {"objectives": {"primary": [
+        {"name": "edge_delta_bps", "weight_bp": 10000}, {"name": "slippage_delta_bps", "weight_bp": -5000}]}}},
+     "adaptive_allocation.objective", "declare objective: goal_surface"),
+])
+def test_adaptive_allocation_validation(raw, field, message):
+    issue = only_error(raw)
+    assert issue.field == field and message in issue.message, issue
+
+
+def test_goal_surface_objective_refuses_a_metric_without_per_fill_outcome():
+    raw = example_raw() | {"adaptive_allocation": {"objective": "goal_surface"}}
+    raw["eval_surface"] = copy.deepcopy(raw["eval_surface"])
+    raw["eval_surface"]["objectives"]["secondary"].append({"name": "fill_size_ratio", "weight_bp": 100})
+    issue = only_error(raw)
+    assert issue.field == "adaptive_allocation.objective" and "fill_size_ratio" in issue.message

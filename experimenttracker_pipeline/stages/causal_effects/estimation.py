@@ -1,5 +1,7 @@
 """Causal estimates of one experiment: IPW/AIPW on limited-live fills, segment effects (harmed segments) for both
-modes, and for a sandbox experiment the off-policy value of its candidate policy from the control's logs."""
+modes; for a limited-live experiment that declares adaptive allocation, the effects from the logged assignment
+propensities (``causal.adaptive.adaptive_analysis``) are the verdict's basis; for a sandbox experiment, the
+off-policy value of its candidate policy from the control's logs."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 from experimenttracker_pipeline.model.experiment import experiment_from_row
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.stages.causal_effects.queries import (
+    arm_fills,
     experiment_fills,
     insert_causal,
     logged_fills,
@@ -59,12 +62,19 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
     if experiment.sandbox_policy is not None:
         result, fills = sandbox_estimates(logged_fills(store, exp), experiment.sandbox_policy, exp["control_slug"])
         return CausalRun(experiment_id, insert_causal(store, experiment_id, samples, fills, result), result)
+    adaptive = experiment.mode == "limited_live" and experiment.contract.adaptive_allocation is not None
     if experiment.mode == "limited_live":
         rows = experiment_fills(store, exp)
         frame, covariates = _covariate_frame(rows)
         arms_present = len(rows) >= MIN_CAUSAL_ROWS and 0 < sum(r["treatment"] for r in rows) < len(rows)
         if arms_present:
-            frame["propensity"] = frame["propensity"].astype(float)
+            if adaptive:
+                # Under adaptive allocation the logged propensity is that of the assigned arm among all arms, not
+                # P(variant): it feeds the adaptive analysis below; this two-arm analysis (segments, harm) estimates
+                # its own propensity.
+                frame = frame.drop(columns=["propensity"])
+            else:
+                frame["propensity"] = frame["propensity"].astype(float)
             instrument = plan.instrument if plan.instrument in covariates else None
             if plan.instrument and instrument is None:
                 log.warning("%s: declared instrument %r is not a covariate of its fills", experiment_id, plan.instrument)
@@ -84,6 +94,8 @@ def compute_causal(store: Store, experiment_id: str) -> CausalRun:
     if not arms_present:
         result = {"warnings": [CAUSAL_INSUFFICIENT_DATA], "n": len(rows), "harmed_segments": [], "segments": [],
                   "seed": CAUSAL_SEED, "detail": f"needs at least {MIN_CAUSAL_ROWS} rows with both arms present"}
+    if adaptive:
+        result = _with_adaptive_analysis(store, exp, experiment, result)
     causal_id = insert_causal(store, experiment_id, samples, fills, result)
     return CausalRun(experiment_id, causal_id, result)
 
@@ -133,3 +145,21 @@ def sandbox_estimates(rows: list[dict[str, Any]], policy: str, logging_slug: str
     result.update(warnings=document["warnings"], estimate_reliable=document["estimate_reliable"],
                   off_policy=document["candidate"], sandbox={**logs, **document})
     return result, len(rows)
+
+
+def _with_adaptive_analysis(store: Store, exp: dict[str, Any], experiment, result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the adaptive analysis over every arm's fills as the verdict's basis (``aipw_adaptive``)."""
+    from experimenttracker_pipeline.causal.adaptive import adaptive_analysis
+
+    contract = experiment.contract
+    arm_of = {v.slug: v.id for v in contract.variants}
+    rows = arm_fills(store, exp, list(arm_of))
+    adaptive = adaptive_analysis(
+        [arm_of[r["strategy_slug"]] for r in rows], [float(r["outcome_bps"]) for r in rows],
+        [None if r["propensity"] is None else float(r["propensity"]) for r in rows], [r["market_id"] for r in rows],
+        [r["recorded_at_ms"] for r in rows], control=contract.control.id,
+        variant=next(v.id for v in contract.treatments if v.slug == experiment.variant_slug),
+        forbidden_markets=sorted(contract.eth_constraints.forbid_markets))
+    warnings = list(result.get("warnings") or [])
+    warnings += [w for w in adaptive.pop("warnings", []) if w not in warnings]
+    return {**result, **adaptive, "warnings": warnings}

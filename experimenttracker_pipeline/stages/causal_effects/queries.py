@@ -40,6 +40,18 @@ def usable_log_count(store: Store, exp: Mapping[str, Any], policy: str) -> int:
         r.candidate_propensities_json.contains(f'"{policy}":', autoescape=True))))
 
 
+def arm_fills(store: Store, exp: Mapping[str, Any], slugs: list[str]) -> list[dict[str, Any]]:
+    """Live fills of every arm of a limited-live experiment since it started (adaptive allocation's analysis):
+    slug, outcome in bps, logged propensity, market, time; in recorded order."""
+    r = raw_reports.c
+    return store.rows(sa.select(
+        r.strategy_slug, (r.edge_pusd / r.notional_pusd * 10000.0).label("outcome_bps"),
+        r.assignment_propensity.label("propensity"), r.market_id, r.recorded_at_ms)
+        .where(r.mode == "live", r.strategy_slug.in_(slugs), r.recorded_at_ms >= exp["started_at_ms"],
+               sa.or_(r.experiment_id.is_(None), r.experiment_id == exp["experiment_id"]))
+        .order_by(r.recorded_at_ms, r.report_id))
+
+
 def sample_deltas_with_covariates(store: Store, experiment_id: str) -> list[dict[str, Any]]:
     """The paired deltas of a shadow experiment with the covariates of each pair, in sample order."""
     s = experiment_samples.c

@@ -7,13 +7,17 @@ Sums are taken about the mean found by a first pass: the variance stays exact fo
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import operator
+from functools import reduce
+from typing import Mapping, Sequence
 
 import sqlalchemy as sa
 
 from experimenttracker_pipeline.stages.design.history import DAY_MS, FillHistory, PairingHistory
 from experimenttracker_pipeline.store import Store
-from experimenttracker_pipeline.store.schema import experiment_samples, experiments, raw_reports
+from experimenttracker_pipeline.stages.design.allocation import EXPERIMENT_ALLOCATION_RECOMMENDED
+from experimenttracker_pipeline.store.schema import experiment_samples, experiments, operations_reports, raw_reports
 
 # Per-fill value of each metric whose control history can be read from the fills (a sample delta's variance is
 # built from two fills of this metric). fill_size_ratio has no per-fill analogue.
@@ -91,14 +95,23 @@ def pairing_history(store: Store, control_slug: str, metric: str = "edge_delta_b
 
 
 def arm_outcomes(store: Store, slugs: Sequence[str], metric: str = "edge_delta_bps", *, since_ms: int,
-                 experiment_id: str | None = None, modes: Sequence[str] = ("live",)) -> dict[str, tuple[int, float, float]]:
+                 experiment_id: str | None = None, modes: Sequence[str] = ("live",),
+                 weights: Mapping[str, float] | None = None,
+                 exclude_markets: Sequence[str] = ()) -> dict[str, tuple[int, float, float]]:
     """Per strategy slug: (n, mean, centred sum of squares) of ``metric`` over its fills of an experiment (recorded
-    at or after ``since_ms``, with no ``experiment_id`` or this one)."""
-    x = FILL_METRICS[metric]
+    at or after ``since_ms``, with no ``experiment_id`` or this one). With ``weights`` (metric -> weight) each fill
+    is scored by the weighted sum of its per-fill metrics instead (the goal surface's scalarisation); a fill
+    missing one of them (e.g. no fill_quality) is left out, as are fills in ``exclude_markets``."""
+    if weights:
+        x = reduce(operator.add, [w * FILL_METRICS[m] for m, w in sorted(weights.items())])
+    else:
+        x = FILL_METRICS[metric]
     where = [_r.strategy_slug.in_(list(slugs)), _r.mode.in_(list(modes)), x.is_not(None),
              _r.recorded_at_ms >= since_ms]
     if experiment_id is not None:
         where.append(sa.or_(_r.experiment_id.is_(None), _r.experiment_id == experiment_id))
+    if exclude_markets:
+        where.append(_r.market_id.not_in(list(exclude_markets)))
     out: dict[str, tuple[int, float, float]] = {}
     with store.begin() as conn:
         firsts = conn.execute(sa.select(_r.strategy_slug, sa.func.count(), sa.func.avg(x)).where(*where)
@@ -108,3 +121,12 @@ def arm_outcomes(store: Store, slugs: Sequence[str], metric: str = "edge_delta_b
             ss = conn.execute(sa.select(sa.func.sum(dev * dev)).where(*where, _r.strategy_slug == slug)).scalar_one()
             out[slug] = (int(n), float(mean), float(ss or 0.0))
     return out
+
+
+def latest_allocation_report(store: Store, experiment_id: str) -> dict | None:
+    """The payload of the experiment's newest EXPERIMENT_ALLOCATION_RECOMMENDED report, or None."""
+    t = operations_reports.c
+    payload = store.scalar(sa.select(t.payload_json).where(
+        t.experiment_id == experiment_id, t.event_type == EXPERIMENT_ALLOCATION_RECOMMENDED)
+        .order_by(t.created_at.desc(), t.report_id.desc()).limit(1))
+    return json.loads(payload) if payload is not None else None

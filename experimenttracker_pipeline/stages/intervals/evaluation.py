@@ -161,7 +161,10 @@ def compute_intervals(store: Store, experiment_id: str) -> IntervalsResult:
             look_stats = [_winsorized(store, experiment_id, plan.winsorize_pct, upto=m) for m in reached]
     adjusted, adjustment_report = _regression(store, experiment_id, experiment, edge)
     variant_count = control_count = None
-    if experiment.mode == "limited_live":
+    adaptive = experiment.contract.adaptive_allocation is not None
+    if experiment.mode == "limited_live" and not adaptive:
+        # Under adaptive allocation the shares change by design, so the declared split is no reference: the causal
+        # stage checks the logged propensities instead (CAUSAL_ADAPTIVE_PROPENSITY_MISMATCH).
         variant_count, control_count = arm_fill_counts(store, exp)
     # Pairing keeps MAX(recorded_at_ms) in experiment_pairing_state: no scan of the samples for it.
     last_ms = (pairing_state(store, experiment_id) or {}).get("last_sample_at_ms")
@@ -185,6 +188,9 @@ def compute_intervals(store: Store, experiment_id: str) -> IntervalsResult:
                          "numerator_mean": ratio.mean_x if ratio.n else None,
                          "denominator_mean": ratio.mean_y if ratio.n else None}
     evaluation["metrics"] = to_json(metrics)
+    if adaptive:
+        evaluation["srm_note"] = ("adaptive allocation: shares change by design; the logged propensities are checked "
+                                  "instead (causal estimates)")
     evaluation["samples_per_day"] = samples_per_day
     evaluation["last_sample_at_ms"] = last_ms
     # The chain head this look used (its first edge.n samples), anchored with a key the store does not hold.

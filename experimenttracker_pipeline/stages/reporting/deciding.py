@@ -12,6 +12,8 @@ import math
 from typing import Any, Mapping
 
 DECIDING_CI = "deciding_ci"
+# The causal basis of an experiment under adaptive allocation (causal.adaptive.ADAPTIVE_BASIS; a test keeps them equal).
+ADAPTIVE_BASIS = "aipw_adaptive"
 DECIDING_LABEL = "deciding CI"
 SUPPORTING_LABEL = "supporting evidence"
 
@@ -23,6 +25,8 @@ METHOD_NAMES = {
     "aipw_trimmed_always_valid": "trimmed AIPW estimate, always-valid 95% interval",
     "ipw_always_valid": "IPW estimate, always-valid 95% interval",
     "off_policy_dr_always_valid": "off-policy DR estimate of candidate - logged, always-valid 95% interval",
+    "aipw_adaptive_always_valid": "AIPW estimate from the logged assignment propensities (adaptive allocation), "
+                                  "always-valid 95% interval",
 }
 
 WHY = {
@@ -38,6 +42,10 @@ WHY = {
     "off_policy": "The decision uses the doubly robust off-policy estimate of candidate minus logging policy from "
                   "the logs (a sandbox experiment has no live exposure and no pairs), on the always-valid footing "
                   "because it is re-evaluated as logs arrive.",
+    "adaptive": "The decision uses the AIPW estimate from the logged assignment propensities because the traffic "
+                "shares adapt to the data (adaptive allocation): under changing shares the arms' sample means and the "
+                "paired difference are biased. Fills without a usable logged propensity are excluded and counted. "
+                "The interval is widened to the always-valid footing for repeated looks.",
 }
 
 
@@ -72,6 +80,8 @@ def method_name(basis: str | None) -> str:
 def why_deciding(basis: str | None) -> str:
     if basis and basis.startswith("off_policy"):
         return WHY["off_policy"]
+    if basis and basis.startswith(ADAPTIVE_BASIS):
+        return WHY["adaptive"]
     if basis and ("aipw" in basis or basis.startswith("ipw")):
         return WHY["causal"]
     return WHY.get(basis or "", WHY["always_valid"])
@@ -109,9 +119,20 @@ def supporting_intervals(verdict: Mapping[str, Any], causal: Mapping[str, Any] |
     elif basis != "fixed_horizon":
         add("fixed-horizon 95% t interval", verdict.get("fixed_ci_95_low"), verdict.get("fixed_ci_95_high"),
             None, "valid only at one pre-planned look; narrower than the always-valid interval")
+    adaptive = basis.startswith(ADAPTIVE_BASIS)
+    for key, label in ((ADAPTIVE_BASIS, "AIPW 95% interval from the logged propensities (single look)"),
+                       ("ipw_adaptive", "IPW 95% interval from the logged propensities (single look)")):
+        est = (causal or {}).get(key) or {}
+        if est:
+            add(label, est.get("ci_95_low"), est.get("ci_95_high"), est.get("estimate_bps"),
+                "the same estimate before it was widened to the always-valid footing" if basis.startswith(key)
+                else "causal estimate at one look, not widened for repeated looks")
     for key, label in (("aipw", "AIPW 95% interval (single look)"), ("ipw", "IPW 95% interval (single look)")):
         est = (causal or {}).get(key) or {}
-        if est and not basis.startswith(key):
+        if est and adaptive:
+            add(label, est.get("ci_95_low"), est.get("ci_95_high"), est.get("estimate_bps"),
+                "variant against control only, with estimated propensities: not valid under adaptive allocation")
+        elif est and not basis.startswith(key):
             add(label, est.get("ci_95_low"), est.get("ci_95_high"), est.get("estimate_bps"),
                 "causal estimate at one look, not widened for repeated looks")
         elif est:

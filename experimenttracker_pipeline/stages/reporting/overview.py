@@ -82,7 +82,8 @@ def srm_state(evaluation: dict[str, Any] | None) -> dict[str, Any]:
     """SRM of the latest look: p-value and counts (limited-live), or why there is none (shadow pairs every fill)."""
     srm = (evaluation or {}).get("srm")
     if not srm:
-        return {"p_value": None, "mismatch": False, "note": "not applicable: every shadow fill is paired"}
+        note = (evaluation or {}).get("srm_note") or "not applicable: every shadow fill is paired"
+        return {"p_value": None, "mismatch": False, "note": note}
     return {"p_value": rounded(srm.get("p_value"), 4), "mismatch": bool(srm.get("mismatch")),
             "n_variant": srm.get("n_variant"), "n_control": srm.get("n_control"),
             "expected_share": rounded(srm.get("expected_share"), 3), "observed_share": rounded(srm.get("observed_share"), 3),

@@ -26,7 +26,7 @@ import experimenttracker_pipeline.stats as st
 from experimenttracker_pipeline.model.experiment import Experiment
 from experimenttracker_pipeline.model.numbers import to_json
 from experimenttracker_pipeline.stages.governance.risk import GovernanceStatus
-from experimenttracker_pipeline.stages.reporting.deciding import DECIDING_CI, deciding_ci
+from experimenttracker_pipeline.stages.reporting.deciding import ADAPTIVE_BASIS, DECIDING_CI, deciding_ci
 from experimenttracker_pipeline.stages.verdict.rule import (
     CONTROL_WINS,
     PLAIN_ENGLISH,
@@ -109,9 +109,20 @@ def combine_verdict(experiment: Experiment, evaluation: Mapping[str, Any], causa
         basis = causal.get("verdict_basis")
         # "naive" is the causal layer's basis only when the logged propensity is constant (plain randomisation), so
         # the paired CI stays valid; otherwise the (trimmed) AIPW estimate is the basis, never a difference of means.
-        estimate = (causal.get(basis) or {}) if basis in ("aipw", "aipw_trimmed", "ipw") else {}
+        # Under adaptive allocation it is the AIPW estimate from the logged propensities ("aipw_adaptive").
+        estimate = (causal.get(basis) or {}) if basis in ("aipw", "aipw_trimmed", "ipw", ADAPTIVE_BASIS) else {}
+        if basis == ADAPTIVE_BASIS:
+            final["adaptive_analysis"] = _adaptive_summary(causal)
+            if not estimate and verdict in (VARIANT_WINS, CONTROL_WINS):
+                # The paired difference is biased under changing shares: without the adaptive estimate, no winner.
+                verdict = "inconclusive"
+                final.update(verdict=verdict, plain_english=(
+                    "Traffic shares adapt to the data, and too few fills carry a logged assignment propensity to "
+                    "estimate the effect validly; no conclusion is drawn."))
         if experiment.mode == "limited_live" and estimate.get("estimate_bps") is not None and estimate.get("se"):
-            n_fills = int(causal.get("n") or causal.get("fills") or final["samples"] or 0)
+            # The adaptive estimate averages its scores over every arm's usable fills: its own n.
+            n_fills = int((estimate.get("n") if basis == ADAPTIVE_BASIS else None) or causal.get("n")
+                          or causal.get("fills") or final["samples"] or 0)
             low, high = _always_valid_from_estimate(estimate["estimate_bps"], estimate["se"], max(n_fills, 2), policy)
             verdict = VARIANT_WINS if low > 0 else CONTROL_WINS if high < 0 else "inconclusive"
             final.update(verdict=verdict, basis=f"{basis}_always_valid", ci_95_low=low, ci_95_high=high,
@@ -181,6 +192,13 @@ def sandbox_verdict(experiment: Experiment, causal: Mapping[str, Any], policy: E
         plain = (f"The logging policy rarely took the actions candidate policy {experiment.sandbox_policy} would "
                  f"take ({where}): too little overlap to value it reliably; no conclusion is drawn.")
     final.update(verdict=verdict, event_type=EXPERIMENT_RESULT, plain_english=plain)
+
+
+def _adaptive_summary(causal: Mapping[str, Any]) -> dict[str, Any]:
+    """What the verdict says about an analysis under adaptive allocation: fills used and excluded (and why)."""
+    block = causal.get("adaptive") or {}
+    return {"basis": ADAPTIVE_BASIS, "fills": block.get("fills"), "fills_used": block.get("fills_used"),
+            "excluded": block.get("excluded"), "method": block.get("method")}
 
 
 def judge_goal_surface(experiment: Experiment, evaluation: Mapping[str, Any], final: dict[str, Any]) -> list[FiredRule]:
@@ -295,6 +313,8 @@ def result_payload(experiment: Experiment, final: Mapping[str, Any], evaluation_
         "non_inferiority": final.get("non_inferiority"),
         "non_inferiority_margins": final.get("non_inferiority_margins"),
         "look_samples": final.get("look_samples"),
+        # Under adaptive allocation: the fills the logged-propensity analysis used and excluded (and why).
+        "adaptive_analysis": final.get("adaptive_analysis"),
         # The anchored chain head the verdict rests on: once published, a copy outside the store.
         "chain_head": final.get("chain_head"),
         # The interval the verdict was decided on, named as on every other surface, and why it is the one.

@@ -286,12 +286,19 @@ def _stat_verdict(contract: ExperimentContract, variant: str, cis: Mapping[str, 
     return "inconclusive"
 
 
+def objective_weights(contract: ExperimentContract) -> dict[str, float]:
+    """The scalarisation weights of the goal surface: ``weight_bp / 1e4`` per objective metric (primary and
+    secondary; negative = minimise). The score is ``sum(weight * (value - neutral))``; adaptive allocation ranks
+    arms on the same weighted sum of their per-fill outcomes."""
+    return {o.metric: o.weight_bp / 10000.0 for o in contract.eval_surface.objectives}
+
+
 def _score(contract: ExperimentContract, cis: Mapping[str, MetricCI]) -> float:
     s = 0.0
-    for o in contract.eval_surface.objectives:
-        ci = cis.get(o.metric)
+    for metric, weight in objective_weights(contract).items():
+        ci = cis.get(metric)
         if ci is not None and math.isfinite(ci.estimate):
-            s += o.weight_bp / 10000.0 * (ci.estimate - float(METRICS[o.metric].neutral))
+            s += weight * (ci.estimate - float(METRICS[metric].neutral))
     return s
 
 
