@@ -1,5 +1,6 @@
 """Adaptive allocation wired into the pass (SQLite and PostgreSQL): a limited-live experiment with two treatments
-and a control that declares `adaptive_allocation` gets one EXPERIMENT_ALLOCATION_RECOMMENDED report per evaluation,
+and a control that declares `adaptive_allocation` (an A/B/n experiment: each treatment's comparison is evaluated on
+its own) gets one EXPERIMENT_ALLOCATION_RECOMMENDED report per evaluation over every arm,
 with every share within [floor, PoLB cap]; its verdict decides on the AIPW estimate from the logged propensities
 (fills without one excluded and counted); `status --json` shows the newest recommendation. The same experiment
 without the field emits none and keeps its usual basis."""
@@ -91,6 +92,11 @@ def _assert_within_bounds(shares: dict[str, int]) -> None:
     assert shares["good"] + shares["bad"] <= CAP_BP
 
 
+def _pass_all(store, experiment_id: str) -> dict:
+    """One pass over the experiment's comparisons (one per treatment: it has two)."""
+    return {vid: _pass(store, f"{experiment_id}/{vid}") for vid in ("good", "bad")}
+
+
 def test_pass_recommends_once_per_evaluation_and_decides_on_the_logged_propensities(store, workdirs):
     (workdirs["experiments"] / "exp_adaptive.yaml").write_text(declaration("exp_adaptive", "ad", adaptive=True))
     (workdirs["experiments"] / "exp_fixed.yaml").write_text(declaration("exp_fixed", "fx", adaptive=False))
@@ -99,34 +105,39 @@ def test_pass_recommends_once_per_evaluation_and_decides_on_the_logged_propensit
     _land(store, workdirs, "b1.jsonl", routed_fills("ad", declared, 0, 1500, seed=1)
           + routed_fills("fx", declared, 0, 1500, seed=1))
 
-    first = _pass(store, "exp_adaptive")
-    assert first.evaluated and first.allocation is not None and first.allocation.report is not None
-    shares = first.allocation.recommendation.shares_bp
+    # Each treatment's comparison is evaluated on its own; each evaluation refreshes the experiment's
+    # recommendation over every arm.
+    first = _pass_all(store, "exp_adaptive")
+    assert all(o.evaluated and o.allocation is not None for o in first.values())
+    recommendation = first["good"].allocation
+    assert recommendation.report is not None and recommendation.experiment_id == "exp_adaptive"
+    shares = recommendation.recommendation.shares_bp
     _assert_within_bounds(shares)
     assert shares["good"] > shares["bad"]  # the better arm gets more of the capped treatment traffic
-    assert first.allocation.payload["evaluation_samples"] == first.verdict.verdict["samples"]
+    assert recommendation.payload["evaluation_samples"] == first["good"].verdict.verdict["samples"]
 
     # The next period routed by the recommendation: propensities change with the shares.
     _land(store, workdirs, "b2.jsonl", routed_fills("ad", shares, 1500, 1500, seed=2))
-    second = _pass(store, "exp_adaptive")
-    assert second.evaluated and second.allocation.report is not None
-    _assert_within_bounds(second.allocation.recommendation.shares_bp)
-    assert not _pass(store, "exp_adaptive").evaluated  # nothing new: no evaluation, no report
-    again = recommend_after_evaluation(store, "exp_adaptive", second.verdict.verdict["samples"])
+    second = _pass_all(store, "exp_adaptive")
+    assert second["good"].evaluated and second["good"].allocation.report is not None
+    _assert_within_bounds(second["good"].allocation.recommendation.shares_bp)
+    assert not any(o.evaluated for o in _pass_all(store, "exp_adaptive").values())  # nothing new: no report
+    latest = second["bad"].verdict.verdict["samples"]
+    again = recommend_after_evaluation(store, "exp_adaptive/bad", latest)
     assert again is not None and again.report is None  # once per evaluation's sample count
 
     reports = store.reports("exp_adaptive", EXPERIMENT_ALLOCATION_RECOMMENDED)
-    assert len(reports) == _count(store, "experiment_evaluations", "exp_adaptive") == 2
-    assert [r["evaluation_samples"] for r in reports] == [first.verdict.verdict["samples"],
-                                                          second.verdict.verdict["samples"]]
+    evaluated = [o.verdict.verdict["samples"] for run in (first, second) for o in run.values()]
+    assert [r["evaluation_samples"] for r in reports] == list(dict.fromkeys(evaluated))
+    assert len(reports) >= 2
     for report in reports:
         _assert_within_bounds(report["recommended_shares_bp"])
         assert report["objective"] == "primary_metric" and report["floor_bp"] == FLOOR_BP
         assert report["eth_forced_control_markets"] == ["mkt_forbidden"]
 
     # The deciding CI is the AIPW estimate from the logged propensities, widened to the always-valid footing.
-    verdict = json.loads(latest_verdict(store, "exp_adaptive")["verdict_json"])
-    causal = json.loads(latest_causal(store, "exp_adaptive")["result_json"])
+    verdict = json.loads(latest_verdict(store, "exp_adaptive/good")["verdict_json"])
+    causal = json.loads(latest_causal(store, "exp_adaptive/good")["result_json"])
     assert causal["verdict_basis"] == "aipw_adaptive"
     assert verdict["basis"] == "aipw_adaptive_always_valid"
     assert verdict["edge_delta_bps"] == causal["aipw_adaptive"]["estimate_bps"]
@@ -135,27 +146,25 @@ def test_pass_recommends_once_per_evaluation_and_decides_on_the_logged_propensit
     excluded = verdict["adaptive_analysis"]["excluded"]
     assert excluded == {"no_logged_propensity": 4, "not_randomised": 2, "zero_propensity": 0}
     assert "CAUSAL_ADAPTIVE_FILLS_EXCLUDED" in verdict["reason_codes"]
-    assert set(causal["adaptive"]["effects"]) == {"good", "bad"}
-    result = store.reports("exp_adaptive", "EXPERIMENT_RESULT")[-1]
+    assert set(causal["adaptive"]["effects"]) == {"good"}  # this comparison's treatment against the control
+    result = store.reports("exp_adaptive/good", "EXPERIMENT_RESULT")[-1]
     assert result["ci_method"] == result["deciding_ci"]["method"] == "aipw_adaptive_always_valid"
     assert result["adaptive_analysis"]["excluded"]["no_logged_propensity"] >= 2
 
-    # status --json: the newest recommendation and the deciding CI's method, for the declaring experiment only.
-    _pass(store, "exp_fixed")
+    # status --json: the newest recommendation on the experiment, the deciding CI's method per variant.
+    _pass_all(store, "exp_fixed")
     rows = {r["experiment_id"]: r for r in status_rows(store)}
     shown = rows["exp_adaptive"]["allocation"]
     assert shown["report_id"] == reports[-1]["report_id"] and shown["evaluation_samples"] == reports[-1]["evaluation_samples"]
     assert set(shown["arms"]["good"]) == {"slug", "n", "mean", "declared_share_bp", "recommended_share_bp", "prob_best"}
     assert shown["arms"]["good"]["slug"] == "ad-good" and shown["arms"]["control"]["declared_share_bp"] == 8000
-    assert rows["exp_adaptive"]["deciding_ci"]["method"] == "aipw_adaptive_always_valid"
-    assert "adaptive allocation" in rows["exp_adaptive"]["deciding_ci"]["why"]
-    assert rows["exp_adaptive"]["causal"]["aipw_adaptive"]["estimate_bps"] == verdict["edge_delta_bps"]
+    assert rows["exp_adaptive"]["variants"]["good"]["ci_method"] == "aipw_adaptive_always_valid"
 
     # Without the field: evaluated as before, no recommendation, its usual basis.
-    assert _count(store, "experiment_evaluations", "exp_fixed") == 1
+    assert _count(store, "experiment_evaluations", "exp_fixed/good") == 1
     assert store.reports("exp_fixed", EXPERIMENT_ALLOCATION_RECOMMENDED) == []
     assert "allocation" not in rows["exp_fixed"]
-    assert not rows["exp_fixed"]["ci_method"].startswith("aipw_adaptive")
+    assert not rows["exp_fixed"]["variants"]["good"]["ci_method"].startswith("aipw_adaptive")
 
 
 def test_a_failing_recommendation_is_noted_and_the_other_stages_run(store, workdirs, monkeypatch):
@@ -167,7 +176,7 @@ def test_a_failing_recommendation_is_noted_and_the_other_stages_run(store, workd
         raise RuntimeError("router unreachable")
 
     monkeypatch.setattr("experimenttracker_pipeline.orchestration.experiment_pass.recommend_after_evaluation", broken)
-    outcome = _pass(store, "exp_adaptive")
+    outcome = _pass(store, "exp_adaptive/good")
     assert outcome.evaluated and outcome.drift is not None and outcome.promotion is not None
     assert outcome.allocation is None
     assert outcome.notes == ["allocation not recommended: RuntimeError: router unreachable"]
