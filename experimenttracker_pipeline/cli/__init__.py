@@ -438,6 +438,10 @@ def _report(settings: Settings, experiment_id: str, out: str | None) -> int:
     path = Path(out).resolve() if out else settings.data_dir / "reports" / report_file_name(experiment_id)
     if path.is_dir():
         raise CliError(f"--out {path} is a folder; name the HTML file to write")
+    comparisons = [c["experiment_id"] for c in comparison_rows(store, experiment_id)]
+    if comparisons:
+        raise CliError(f"{experiment_id} has several treatments, each with its own report: name one of "
+                       f"{', '.join(comparisons)} (the index lists them all: `experimenttracker report --all`)")
     if write_experiment_report(store, experiment_id, path) is None:
         raise CliError(f"{experiment_id} has no verdict yet; run `experimenttracker run` first")
     index = write_index(store, path.parent)

@@ -23,7 +23,7 @@ def test_verdict_metadata_shows_the_newest_recommendation(tmp_path):
     declared = {"control": 8000, "good": 1000, "bad": 1000}
     _land(store, workdirs, "b1.jsonl", routed_fills("ad", declared, 0, 800, seed=1) + routed_fills("fx", declared, 0, 800, seed=1))
     try:
-        outcome = _pass(store, "exp_adaptive")
+        outcome = _pass(store, "exp_adaptive/good")  # a treatment's comparison: the experiment's recommendation
         metadata = verdict_metadata(store, outcome.verdict, write_report=False)
         assert metadata["allocation_report_id"] == outcome.allocation.report["report_id"]
         table = metadata["allocation"].value
@@ -34,7 +34,8 @@ def test_verdict_metadata_shows_the_newest_recommendation(tmp_path):
         assert metadata["deciding_ci_method"] == "aipw_adaptive_always_valid"
         assert isinstance(metadata["allocation"], dg.MarkdownMetadataValue)
 
-        fixed = verdict_metadata(store, _pass(store, "exp_fixed").verdict, write_report=False)
+        assert "experiment_overall" in metadata  # its A/B/n experiment's verdicts, next to the shares
+        fixed = verdict_metadata(store, _pass(store, "exp_fixed/good").verdict, write_report=False)
         assert not any(key.startswith(("allocation", "recommended_share")) for key in fixed)
     finally:
         store.dispose()

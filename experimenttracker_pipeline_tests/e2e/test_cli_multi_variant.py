@@ -62,3 +62,7 @@ def test_abn_run_status_and_signoff(tmp_path):
     final = json.loads(_cli(tmp_path, "status", "--json").stdout)[0]
     assert final["variants"]["better"]["promotion_state"] == "promoted"
     assert _cli(tmp_path, "run").stdout.startswith("nothing new")
+    whole = _cli(tmp_path, "report", "exp_abn")
+    assert whole.returncode == 2 and "exp_abn/better, exp_abn/flat, exp_abn/worse" in whole.stderr
+    one = _cli(tmp_path, "report", "exp_abn/worse")
+    assert one.returncode == 0 and (data / "reports" / "exp_abn--worse.html").is_file()
