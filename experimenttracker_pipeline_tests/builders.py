@@ -37,3 +37,21 @@ def declaration(exp_id: str = "exp_a", **overrides) -> str:
             continue
         lines.append(f"{key}: {json.dumps(value)}")
     return "\n".join(lines) + "\n"
+
+
+def abn_shadow_fills(effects: dict, n: int, *, seed: int, control: str = "ctl", name: str = "k") -> list[dict]:
+    """An A/B/n shadow experiment's fills: n live control fills (edge 1.0 pusd + noise on a notional of 100, so
+    0.01 pusd is 1 bp) and, for each, one shadow fill per treatment (slug ``s-<variant id>``) with the same
+    pair_key, its edge shifted by the treatment's effect in bps (``effects``: variant id -> bps) plus its own noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        key = f"{name}-{i}"
+        base = 1.0 + rng.normal(0, 0.05)
+        records.append(fill(f"{key}-c", control, "live", key, edge=base, t=i * 1000))
+        for vid, effect in effects.items():
+            records.append(fill(f"{key}-{vid}", f"s-{vid}", "shadow", key, t=i * 1000 + 5,
+                                edge=base + effect / 100 + rng.normal(0, 0.05)))
+    return records

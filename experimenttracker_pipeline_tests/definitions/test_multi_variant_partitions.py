@@ -5,13 +5,12 @@ checks, as the UI and backfills do."""
 import json
 
 import dagster as dg
-import numpy as np
 
 from experimenttracker_pipeline.definitions import build_definitions
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.stages.verdict.queries import latest_verdict
 from experimenttracker_pipeline.store import Store
-from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
+from experimenttracker_pipeline_tests.builders import abn_shadow_fills, declaration, write_jsonl
 
 
 def test_comparisons_are_partitions_and_materialize(db_url, tmp_path):
@@ -23,13 +22,7 @@ def test_comparisons_are_partitions_and_materialize(db_url, tmp_path):
     (settings.experiments_dir / "exp_ab.yaml").write_text(declaration(
         "exp_ab", variant_slug="s-up", control_slug="ctl", traffic_split_pct=20, min_samples_for_decision=30,
         variants=variants))
-    rng = np.random.default_rng(2)
-    records = []
-    for i in range(200):
-        base = 1.0 + rng.normal(0, 0.05)
-        records += [fill(f"k{i}-c", "ctl", "live", f"k{i}", edge=base, t=i * 1000),
-                    fill(f"k{i}-up", "s-up", "shadow", f"k{i}", edge=base + 0.1 + rng.normal(0, 0.05), t=i * 1000 + 5),
-                    fill(f"k{i}-dn", "s-down", "shadow", f"k{i}", edge=base - 0.1 + rng.normal(0, 0.05), t=i * 1000 + 5)]
+    records = abn_shadow_fills({"up": 10.0, "down": -10.0}, 200, seed=2)
     write_jsonl(settings.landing_dir / "ab.jsonl", records)
     definitions = build_definitions(settings)
     with dg.instance_for_test() as instance:

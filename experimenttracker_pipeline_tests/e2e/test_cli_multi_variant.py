@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
+from experimenttracker_pipeline_tests.builders import abn_shadow_fills, declaration, write_jsonl
 
 EFFECTS = {"better": 8.0, "flat": 0.0, "worse": -8.0}
 
@@ -30,13 +28,7 @@ def test_abn_run_status_and_signoff(tmp_path):
     (data / "experiments" / "exp_abn.yaml").write_text(declaration(
         "exp_abn", variant_slug="s-better", control_slug="ctl", traffic_split_pct=30, min_samples_for_decision=30,
         variants=variants))
-    rng = np.random.default_rng(3)
-    records = []
-    for i in range(300):
-        base = 1.0 + rng.normal(0, 0.05)
-        records.append(fill(f"k{i}-c", "ctl", "live", f"k{i}", edge=base, t=i * 1000))
-        records += [fill(f"k{i}-{vid}", f"s-{vid}", "shadow", f"k{i}", edge=base + eff / 100 + rng.normal(0, 0.05),
-                         t=i * 1000 + 5) for vid, eff in EFFECTS.items()]
+    records = abn_shadow_fills(EFFECTS, 300, seed=3)
     write_jsonl(data / "landing" / "abn.jsonl", records)
 
     run = _cli(tmp_path, "run")

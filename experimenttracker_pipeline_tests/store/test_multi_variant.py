@@ -30,7 +30,7 @@ from experimenttracker_pipeline.stages.promotion.signoff import (
 from experimenttracker_pipeline.stages.samples.queries import sensor_snapshot
 from experimenttracker_pipeline.stages.verdict.decision import experiment_overall
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdict
-from experimenttracker_pipeline_tests.builders import declaration, fill, write_jsonl
+from experimenttracker_pipeline_tests.builders import abn_shadow_fills, declaration, fill, write_jsonl
 
 GROWTH = EvaluationRule("growth")
 
@@ -46,18 +46,7 @@ def _declare(workdirs, experiment_id: str, effects: dict[str, float], **extra) -
 
 
 def _land(store, workdirs, name: str, effects: dict[str, float], n: int, seed: int) -> None:
-    """n control live fills, and for each a shadow fill of every treatment with the same pair_key: edge in pusd on
-    a notional of 100, so 0.01 pusd is 1 bp; ``effects`` in bps."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(n):
-        key = f"{name}-{i}"
-        base = 1.0 + rng.normal(0, 0.05)
-        records.append(fill(f"{key}-c", "ctl", "live", key, edge=base, t=i * 1000))
-        for vid, effect in effects.items():
-            records.append(fill(f"{key}-{vid}", f"s-{vid}", "shadow", key, t=i * 1000 + 5,
-                                edge=base + effect / 100 + rng.normal(0, 0.05)))
-    write_jsonl(workdirs["landing"] / f"{name}.jsonl", records)
+    write_jsonl(workdirs["landing"] / f"{name}.jsonl", abn_shadow_fills(effects, n, seed=seed, name=name))
     assert ingest_landing(store, workdirs["landing"]).balanced
 
 
