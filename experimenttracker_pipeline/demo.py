@@ -1,7 +1,8 @@
 """Demo experiments and a demo report archive with known truth (seeded, so every demo run is identical).
 
-Five experiments: a winning, a losing, an A/A and a too-small shadow experiment, and a limited-live
-experiment whose routing depends on market liquidity (so its naive difference of means is confounded).
+Six experiments: a winning, a losing, an A/A and a too-small shadow experiment, a limited-live experiment whose
+routing depends on market liquidity (so its naive difference of means is confounded), and an A/B/n shadow
+experiment with three treatments (one better, one no different, one worse than the control).
 The archive also carries redeliveries and malformed lines so quarantine and accounting are visible.
 """
 
@@ -36,6 +37,69 @@ DEMO_EXPERIMENTS = (
     DemoExperiment("exp_weather_small", "weather-model-v2", "weather-model", 2.0, 50, min_samples=100),
     DemoExperiment("exp_esports_ll", "esports-model-v2", "esports-model", 2.0, 600, mode="limited_live", split=30),
 )
+
+
+@dataclass(frozen=True)
+class DemoMultiVariant:
+    """An A/B/n shadow experiment: each treatment (variant id, slug, true delta in bps) against one control."""
+
+    experiment_id: str
+    control_slug: str
+    treatments: tuple[tuple[str, str, float], ...]
+    pairs: int
+    min_samples: int = 100
+
+    @property
+    def comparison_ids(self) -> list[str]:
+        return [f"{self.experiment_id}/{vid}" for vid, _, _ in self.treatments]
+
+
+DEMO_MULTI_VARIANT = (
+    DemoMultiVariant("exp_tennis_abn", "tennis-model", (("fast", "tennis-model-fast", 4.0),
+                                                        ("safe", "tennis-model-safe", 0.0),
+                                                        ("wide", "tennis-model-wide", -5.0)), 400),
+)
+
+
+def demo_experiment_ids() -> list[str]:
+    """The demo's experiments as declared (an A/B/n experiment once)."""
+    return [e.experiment_id for e in DEMO_EXPERIMENTS] + [e.experiment_id for e in DEMO_MULTI_VARIANT]
+
+
+def demo_partition_keys() -> list[str]:
+    """The demo's units of evaluation (Dagster partitions): each experiment, or each comparison of an A/B/n one."""
+    return [e.experiment_id for e in DEMO_EXPERIMENTS] + [c for e in DEMO_MULTI_VARIANT for c in e.comparison_ids]
+
+
+def _multi_variant_declaration(exp: DemoMultiVariant) -> str:
+    share = 1000
+    lines = [f"experiment_id: {exp.experiment_id}", f"principal: desk:{exp.control_slug.split('-')[0]}",
+             f"variant_slug: {exp.treatments[0][1]}", f"control_slug: {exp.control_slug}", "mode: shadow_only",
+             f"traffic_split_pct: {share * len(exp.treatments) / 100:g}",
+             f"min_samples_for_decision: {exp.min_samples}", "auto_promote_on_winning: false",
+             "require_human_signoff: true", f"started_at: '{STARTED_AT}'", "variants:",
+             f"  control: {{slug: {exp.control_slug}, traffic_share_bp: {10000 - share * len(exp.treatments)}}}"]
+    lines += [f"  {vid}: {{slug: {slug}, traffic_share_bp: {share}}}" for vid, slug, _ in exp.treatments]
+    return "\n".join(lines) + "\n"
+
+
+def multi_variant_reports(exp: DemoMultiVariant, rng: np.random.Generator, *, sd_bps: float = 10.0) -> list[dict]:
+    """One live control fill per opportunity and, mirroring it, one shadow fill of each treatment (same pair_key)
+    whose edge differs from the control's by N(true delta, sd) bps."""
+    out = []
+    for i in range(exp.pairs):
+        t = BASE_MS + i * 60_000 + int(rng.integers(0, 5_000))
+        notional = float(rng.uniform(200, 800))
+        control_bps = float(rng.normal(12, 8))
+        market = f"mkt_{exp.control_slug}_{i % 17}"
+        key = f"{exp.experiment_id}:opp:{i:06d}"
+        out.append(_fill(f"{exp.experiment_id}-c-{i:06d}", exp.control_slug, "live", key, market, notional,
+                         control_bps, rng.normal(3, 1), t))
+        for vid, slug, delta in exp.treatments:
+            out.append(_fill(f"{exp.experiment_id}-{vid}-{i:06d}", slug, "shadow", key, market, notional,
+                             control_bps + float(rng.normal(delta, sd_bps)), rng.normal(3, 1), t + 150,
+                             experiment_id=exp.experiment_id))
+    return out
 
 
 def _declaration(exp: DemoExperiment) -> str:
@@ -124,4 +188,10 @@ def write_demo(experiments_dir: Path, landing_dir: Path, *, seed: int = 20260505
         path = landing_dir / f"{exp.experiment_id}.jsonl"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         counts[exp.experiment_id] = len(lines)
+    for multi in DEMO_MULTI_VARIANT:  # after the others: their reports stay what they were
+        (experiments_dir / f"{multi.experiment_id}.yaml").write_text(_multi_variant_declaration(multi), encoding="utf-8")
+        reports = sorted(multi_variant_reports(multi, rng), key=lambda r: (r["recorded_at_ms"], r["report_id"]))
+        (landing_dir / f"{multi.experiment_id}.jsonl").write_text(
+            "\n".join(json.dumps(r, sort_keys=True) for r in reports) + "\n", encoding="utf-8")
+        counts[multi.experiment_id] = len(reports)
     return counts

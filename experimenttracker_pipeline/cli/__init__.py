@@ -334,6 +334,10 @@ def status_rows(store: Store) -> list[dict[str, Any]]:
                 "verdict", "winning_variant", "ci_95_low", "ci_95_high", "edge_delta_bps", "ci_variant", "drift_signalled",
                 "ranking", "pareto_set", "multiple_testing", "reason_codes", "plain_english")})
             row["samples_evaluated"] = sum(u.get("samples_evaluated") or 0 for u in units.values())
+            shown = units.get(overall.get("ci_variant"))
+            if shown is not None and shown.get("deciding_ci"):  # the winner's interval, or the best-ranked one's
+                row["deciding_ci"] = {**shown["deciding_ci"], "variant": overall["ci_variant"]}
+                row["ci_method"] = shown.get("ci_method")
         _add_allocation(store, exp, row)
         row["variants"] = {}
         for vid, unit in units.items():
@@ -469,6 +473,8 @@ def _print_table(rows: list[dict[str, Any]], out) -> None:
     def cell(r: dict[str, Any], c: str) -> str:
         if c == "deciding_ci" and r.get(c):
             return fmt_interval(r[c]["ci_95_low"], r[c]["ci_95_high"])
+        if c == "verdict" and r.get("winning_variant"):
+            return f"{r[c]} ({r['winning_variant']})"
         return "" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r[c]))
 
     shown = []

@@ -19,7 +19,7 @@ def test_sensors_request_nothing_the_cli_already_did(tmp_path, monkeypatch, db_u
     settings = Settings(data_dir=data, db_url=db_url, landing_dir=data / "landing", experiments_dir=data / "experiments")
     out = io.StringIO()
     assert cli.run_pipeline(settings, out=out) == 0
-    assert "experiment_pass_job[5 experiments]: success" in out.getvalue()
+    assert "experiment_pass_job[8 experiments]: success" in out.getvalue()
 
     resources = {"store": ExperimentStoreResource(db_url=db_url),
                  "settings": PipelineSettingsResource(landing_dir=str(data / "landing"),

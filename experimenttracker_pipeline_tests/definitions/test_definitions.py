@@ -8,7 +8,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from experimenttracker_pipeline.definitions import build_definitions, defs
-from experimenttracker_pipeline.demo import DEMO_EXPERIMENTS, write_demo
+from experimenttracker_pipeline.demo import demo_experiment_ids, demo_partition_keys, write_demo
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.stages.declarations.queries import experiment_rows
 from experimenttracker_pipeline.stages.promotion.queries import promotions
@@ -78,7 +78,7 @@ def test_demo_graph_end_to_end(db_url, tmp_path, registry_server):
     store = Store(db_url)
     with dg.instance_for_test() as instance:
         ingest, results = _run_all(definitions, instance, store)
-        assert set(instance.get_dynamic_partitions("experiments")) == {e.experiment_id for e in DEMO_EXPERIMENTS}
+        assert set(instance.get_dynamic_partitions("experiments")) == set(demo_partition_keys())
         meta = ingest.asset_materializations_for_node("raw_reports")[0].metadata
         assert meta["lines_read"].value == sum(counts.values())
         assert meta["lines_read"].value == meta["accepted"].value + meta["duplicates"].value + meta["quarantined"].value
@@ -93,7 +93,9 @@ def test_demo_graph_end_to_end(db_url, tmp_path, registry_server):
         assert verdicts["exp_crypto_v3"] == "control_wins"
         assert verdicts["exp_politics_aa"] == "inconclusive"
         assert verdicts["exp_weather_small"] == "insufficient_samples"
-        assert [body["experiment_id"] for _, body in server.received] == ["exp_crypto_v3"]
+        assert [verdicts[f"exp_tennis_abn/{v}"] for v in ("fast", "safe", "wide")] == [
+            "variant_wins", "inconclusive", "control_wins"]
+        assert sorted(body["experiment_id"] for _, body in server.received) == ["exp_crypto_v3", "exp_tennis_abn/wide"]
         assert promotions(store) == []
         check = [c for c in results["exp_sports_v2"].get_asset_check_evaluations() if c.check_name == "promotions_have_signoff"]
         assert [c.passed for c in check] == [True]
@@ -102,9 +104,9 @@ def test_demo_graph_end_to_end(db_url, tmp_path, registry_server):
         # A second pass changes nothing and emits nothing twice: no second start report, signal or result report.
         before = store.scalar("SELECT COUNT(*) FROM operations_reports WHERE event_type = 'EXPERIMENT_STARTED'")
         _run_all(definitions, instance, store)
-        assert store.scalar("SELECT COUNT(*) FROM operations_reports WHERE event_type = 'EXPERIMENT_STARTED'") == before == len(DEMO_EXPERIMENTS)
+        assert store.scalar("SELECT COUNT(*) FROM operations_reports WHERE event_type = 'EXPERIMENT_STARTED'") == before == len(demo_experiment_ids())
         assert sample_count(store, "exp_sports_v2") == 400
-        assert len(server.received) == 1
+        assert len(server.received) == 2
         assert len(store.reports("exp_sports_v2", "EXPERIMENT_RESULT")) == 1
         # The sign-off job (launchable from the UI) approves the winner's report and promotes it.
         report_id = latest_result_report_id(store, "exp_sports_v2")

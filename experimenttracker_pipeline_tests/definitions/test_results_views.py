@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from experimenttracker_pipeline.cli import run_pipeline
 from experimenttracker_pipeline.definitions import build_definitions
-from experimenttracker_pipeline.demo import DEMO_EXPERIMENTS, write_demo
+from experimenttracker_pipeline.demo import demo_experiment_ids, demo_partition_keys, write_demo
 from experimenttracker_pipeline.settings import Settings
 from experimenttracker_pipeline.stages.governance.operations import persona_views
 from experimenttracker_pipeline.stages.verdict.queries import latest_result_report_id, latest_verdict
@@ -51,14 +51,16 @@ def test_overview_lists_every_experiment_with_its_deciding_ci(demo):
     meta = _latest(instance, "experiments_overview")
     table = meta["experiments"]
     rows = {r.data["experiment_id"]: r.data for r in table.records}
-    assert set(rows) == {e.experiment_id for e in DEMO_EXPERIMENTS}
+    assert set(rows) == set(demo_experiment_ids()) | set(demo_partition_keys())  # A/B/n: experiment and comparisons
+    assert rows["exp_tennis_abn"]["verdict"] == "variant_wins (fast)"
+    assert rows["exp_tennis_abn/wide"]["verdict"] == "control_wins"
     assert [c.name for c in table.schema.columns][:4] == ["experiment_id", "verdict", "deciding_ci", "ci_method"]
     esports = rows["exp_esports_ll"]
     assert esports["ci_method"] == "aipw_always_valid" and esports["deciding_ci"] == "[-0.42, +3.30] bps"
     assert esports["srm_p_value"] is not None and esports["harmed_segments"] == "category=minor"
     assert esports["required_samples"] > esports["samples"] and esports["expected_days"] is not None
     assert rows["exp_sports_v2"]["verdict"] == "variant_wins" and rows["exp_crypto_v3"]["drift_state"].startswith("delivered")
-    assert meta["dagster/row_count"].value == 5 and "data:image/png;base64," in meta["forest_plot"].value
+    assert meta["dagster/row_count"].value == len(rows) == 9 and "data:image/png;base64," in meta["forest_plot"].value
     assert Path(meta["report_index"].value).is_file()
 
 

@@ -26,7 +26,7 @@ def _cli(tmp_path, *args, **env):
 def test_demo_then_status_json(tmp_path):
     demo = _cli(tmp_path, "demo")
     assert demo.returncode == 0, demo.stderr
-    assert "experiment_pass_job[5 experiments]: success" in demo.stdout
+    assert "experiment_pass_job[8 experiments]: success" in demo.stdout
     status = _cli(tmp_path, "status", "--json")
     assert status.returncode == 0, status.stderr
     rows = {r["experiment_id"]: r for r in json.loads(status.stdout)}
@@ -42,6 +42,11 @@ def test_demo_then_status_json(tmp_path):
     assert winner["promotion_state"] == "awaiting_signoff" and winner["drift_signalled"] is False
     assert rows["exp_crypto_v3"]["drift_signalled"] is True and rows["exp_crypto_v3"]["verdict"] == "control_wins"
     assert rows["exp_weather_small"]["verdict"] == "insufficient_samples"
+    abn = rows["exp_tennis_abn"]  # A/B/n: the overall verdict, and each treatment's own
+    assert (abn["verdict"], abn["winning_variant"], abn["samples"]) == ("variant_wins", "fast", 1200)
+    assert {v: s["verdict"] for v, s in abn["variants"].items()} == {
+        "fast": "variant_wins", "safe": "inconclusive", "wide": "control_wins"}
+    assert [v for v, s in abn["variants"].items() if s["drift_signalled"]] == ["wide"]
     causal = rows["exp_esports_ll"]["causal"]
     assert {"naive_diff_bps", "ipw", "aipw", "overlap", "segments", "harmed_segments"} <= set(causal)
     assert set(causal["aipw"]) >= {"estimate_bps", "ci_95_low", "ci_95_high", "se"}

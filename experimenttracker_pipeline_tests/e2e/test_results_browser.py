@@ -137,7 +137,8 @@ def test_dagster_webserver_serves_the_overview_table(demo_data, tmp_path):
         entries = {e["label"]: e for e in materialization["metadataEntries"]}
         table = entries["experiments"]["table"]
         rows = {r["experiment_id"]: r for r in map(json.loads, table["records"])}
-        assert set(rows) == {"exp_sports_v2", "exp_crypto_v3", "exp_politics_aa", "exp_weather_small", "exp_esports_ll"}
+        assert set(rows) == {"exp_sports_v2", "exp_crypto_v3", "exp_politics_aa", "exp_weather_small", "exp_esports_ll",
+                             "exp_tennis_abn", "exp_tennis_abn/fast", "exp_tennis_abn/safe", "exp_tennis_abn/wide"}
         assert [c["name"] for c in table["schema"]["columns"]][:3] == ["experiment_id", "verdict", "deciding_ci"]
         assert rows["exp_sports_v2"]["verdict"] == "variant_wins" and rows["exp_sports_v2"]["deciding_ci"] == "[+2.55, +5.81] bps"
         assert rows["exp_esports_ll"]["ci_method"] == "aipw_always_valid" and rows["exp_esports_ll"]["srm_p_value"] > 0.001
