@@ -29,7 +29,9 @@ def overview_metadata(db, reports_dir: str | None = None) -> dict:
     records = [dg.TableRecord({name: row[name] for name, _, _ in OVERVIEW_COLUMNS}) for row in shown]
     counts: dict[str, int] = {}
     for row in rows:
-        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+        if not row.get("_comparison"):  # experiments as declared: an A/B/n one once, with its overall verdict
+            verdict = row.get("_verdict", row["verdict"])
+            counts[verdict] = counts.get(verdict, 0) + 1
     metadata = {
         "experiments": dg.MetadataValue.table(records=records, schema=OVERVIEW_SCHEMA),
         "dagster/column_schema": OVERVIEW_SCHEMA,

@@ -54,6 +54,8 @@ def test_overview_lists_every_experiment_with_its_deciding_ci(demo):
     assert set(rows) == set(demo_experiment_ids()) | set(demo_partition_keys())  # A/B/n: experiment and comparisons
     assert rows["exp_tennis_abn"]["verdict"] == "variant_wins (fast)"
     assert rows["exp_tennis_abn/wide"]["verdict"] == "control_wins"
+    # Verdict counts are of the experiments as declared: the A/B/n one once, by its overall verdict.
+    assert "| variant_wins | 2 |" in meta["verdict_counts"].value and "(fast)" not in meta["verdict_counts"].value
     assert [c.name for c in table.schema.columns][:4] == ["experiment_id", "verdict", "deciding_ci", "ci_method"]
     esports = rows["exp_esports_ll"]
     assert esports["ci_method"] == "aipw_always_valid" and esports["deciding_ci"] == "[-0.42, +3.30] bps"

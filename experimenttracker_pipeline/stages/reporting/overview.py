@@ -120,6 +120,7 @@ def overview_rows(store: Store) -> list[dict[str, Any]]:
             "last_sample_at": iso_ms(state.get("last_sample_at_ms")),
             # full precision, for charts (not table columns)
             "_ci": ci, "_mode": exp["mode"], "_mde_bps": _mde(exp),
+            "_comparison": exp.get("parent_experiment_id") is not None,
         })
     return rows
 
@@ -143,7 +144,7 @@ def _overall_row(store: Store, exp: dict[str, Any]) -> dict[str, Any]:
         "srm_p_value": None, "harmed_segments": "",
         "drift_state": ", ".join(f"{vid}: signalled" for vid, v in variants.items() if v["drift_signalled"]) or "none",
         "promotion_state": "per variant", "last_sample_at": None,
-        "_ci": None, "_mode": exp["mode"], "_mde_bps": _mde(exp),
+        "_ci": None, "_mode": exp["mode"], "_mde_bps": _mde(exp), "_verdict": label,
     }
 
 
