@@ -53,7 +53,8 @@ def test_html_reports_open_cleanly_in_headless_chromium(demo_data, tmp_path):
     done = _cli(demo_data, "report", "exp_esports_ll", "--out", str(out))
     assert done.returncode == 0, done.stderr
     written = sorted((demo_data / "reports").glob("exp_*.html"))
-    assert len(written) == 5  # the verdict stage wrote one per evaluated experiment
+    # The verdict stage wrote one per evaluated experiment, and one per comparison of the A/B/n one.
+    assert len(written) == 8 and (demo_data / "reports" / "exp_tennis_abn--wide.html") in written
     pages = [out, *written, demo_data / "reports" / "index.html"]
     with HeadlessChromium() as browser:
         for page in pages:
@@ -65,7 +66,8 @@ def test_html_reports_open_cleanly_in_headless_chromium(demo_data, tmp_path):
             assert all(link.endswith(".html") for link in visit.value["links"]), visit.value["links"]
             assert shot.stat().st_size > 20_000
             if page.name == "index.html":
-                assert visit.value["overviewRows"] == 5 and "experiments" in visit.value["tables"]
+                assert visit.value["overviewRows"] == 9 and "experiments" in visit.value["tables"]
+                assert all((page.parent / link.rsplit("/", 1)[-1]).is_file() for link in visit.value["links"])
                 assert visit.value["charts"] and visit.value["charts"][0][1] >= 800
                 continue
             assert "results" in visit.value["tables"]
