@@ -225,3 +225,45 @@ def test_a_comparison_cannot_be_reparented_and_a_forged_one_is_detected(store, w
         conn.execute(sa.text("UPDATE experiments SET variant_slug = 's-null' WHERE experiment_id = 'exp_t/good'"))
     state = promotion_state(store, "exp_t/good")
     assert (state.state, state.reason_code) == ("declaration_tampered", PROMOTION_DECLARATION_TAMPERED)
+
+
+def test_two_variants_promoted_at_once_record_one_promotion(store, workdirs, monkeypatch):
+    """Two winning comparisons promoted at the same moment, each told (by a slow overall verdict) that it is the
+    winner: the experiment's promotion lock makes the second see the first's promotion, so one variant is promoted."""
+    import threading
+    import time
+
+    from experimenttracker_pipeline.stages.promotion import signoff as signoff_stage
+    from experimenttracker_pipeline.stages.promotion.queries import promotions
+
+    effects = {"a": 12.0, "b": 12.0}
+    _declare(workdirs, "exp_race", effects)
+    sync_declarations(store, workdirs["experiments"])
+    _land(store, workdirs, "race", effects, 300, seed=13)
+    _run_due(store)
+    for vid in effects:
+        assert json.loads(latest_verdict(store, f"exp_race/{vid}")["verdict_json"])["verdict"] == "variant_wins"
+        record_signoff(store, f"exp_race/{vid}", "alice", latest_result_report_id(store, f"exp_race/{vid}"))
+
+    asking = threading.local()
+
+    def slow_overall(db, experiment_id):
+        time.sleep(0.5)  # both callers are inside the check at once
+        return {"winning_variant": asking.variant, "ranking": ["a", "b", "control"]}
+
+    monkeypatch.setattr(signoff_stage, "experiment_overall", slow_overall)
+    results = {}
+
+    def promote(vid: str) -> None:
+        asking.variant = vid
+        results[vid] = promotion_state(store, f"exp_race/{vid}", apply=True)
+
+    threads = [threading.Thread(target=promote, args=(vid,)) for vid in effects]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(r.state for r in results.values()) == ["not_promotable", "promoted"]
+    refused = next(r for r in results.values() if r.state == "not_promotable")
+    assert refused.reason_code == PROMOTION_OTHER_VARIANT_PROMOTED
+    assert len([p for p in promotions(store) if p["experiment_id"].startswith("exp_race/")]) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from experimenttracker_pipeline.stages.promotion.gate import (
     promotion_decision,
 )
 from experimenttracker_pipeline.stages.verdict.assembly import EXPERIMENT_RESULT
-from experimenttracker_pipeline.store import Store
+from experimenttracker_pipeline.store import Store, advisory_lock
 from experimenttracker_pipeline.stages.declarations.queries import comparison_rows, experiment_row, experiment_rows
 from experimenttracker_pipeline.stages.promotion.queries import (
     insert_promotion,
@@ -36,6 +37,8 @@ PROMOTION_CHECKS_FAILING = "PROMOTION_CHECKS_FAILING"
 # A/B/n: an experiment promotes one variant, its overall winner.
 PROMOTION_NOT_OVERALL_WINNER = "PROMOTION_NOT_OVERALL_WINNER"
 PROMOTION_OTHER_VARIANT_PROMOTED = "PROMOTION_OTHER_VARIANT_PROMOTED"
+# Advisory-lock namespace of an A/B/n experiment's promotions (see store.advisory_lock).
+PROMOTION_WORK = 7423006
 
 class SignoffError(ValueError):
     """A sign-off that cannot be recorded (unknown experiment or report, report of another experiment, failing
@@ -97,17 +100,32 @@ def promotion_state(store: Store, experiment_id: str, *, apply: bool = False) ->
                                "the experiment's blocking checks fail: " + "; ".join(failing), False)
     signoff_id = next((s["id"] for s in recorded_signoffs if decision.signoff and s["report_id"] == report_id
                        and s["approver"] == decision.signoff.approver), None)
-    with store.begin() as conn:
-        promoted = insert_promotion(conn, {"experiment_id": experiment_id, "report_id": report_id,
-                                                 "variant_slug": experiment.variant_slug, "verdict": report["verdict"],
-                                                 "signoff_id": signoff_id})
-        if promoted:
-            store.emit_report(conn, event_type=EXPERIMENT_PROMOTED, severity="INFO", dedupe_key=f"{EXPERIMENT_PROMOTED}:{report_id}",
-                              experiment_id=experiment_id, topic=OPERATIONS_TOPIC,
-                              payload={"experiment_id": experiment_id, "variant_slug": experiment.variant_slug,
-                                       "verdict_report_id": report_id, "reason_code": decision.reason_code,
-                                       "detail": decision.detail})
+    # The variants of one A/B/n experiment are promoted one at a time, each after seeing the others' promotions:
+    # two passes can never both record one.
+    with _one_variant_at_a_time(store, experiment):
+        refused = one_variant_problem(store, experiment) if experiment.is_comparison else None
+        if refused is not None:
+            return PromotionResult(experiment_id, "not_promotable", refused[0], refused[1], False)
+        with store.begin() as conn:
+            promoted = insert_promotion(conn, {"experiment_id": experiment_id, "report_id": report_id,
+                                               "variant_slug": experiment.variant_slug, "verdict": report["verdict"],
+                                               "signoff_id": signoff_id})
+            if promoted:
+                store.emit_report(conn, event_type=EXPERIMENT_PROMOTED, severity="INFO",
+                                  dedupe_key=f"{EXPERIMENT_PROMOTED}:{report_id}", experiment_id=experiment_id,
+                                  topic=OPERATIONS_TOPIC,
+                                  payload={"experiment_id": experiment_id, "variant_slug": experiment.variant_slug,
+                                           "verdict_report_id": report_id, "reason_code": decision.reason_code,
+                                           "detail": decision.detail})
     return PromotionResult(experiment_id, "promoted", decision.reason_code, decision.detail, promoted)
+
+
+def _one_variant_at_a_time(store: Store, experiment: Experiment):
+    """The lock under which a comparison of an A/B/n experiment is promoted (none for other experiments). Taken
+    after the pass's per-comparison lock, always in that order, so passes never wait on each other in a cycle."""
+    if not experiment.is_comparison:
+        return contextlib.nullcontext()
+    return advisory_lock(store, PROMOTION_WORK, experiment.parent.experiment_id)
 
 
 def one_variant_problem(store: Store, comparison: Experiment) -> tuple[str, str] | None:
