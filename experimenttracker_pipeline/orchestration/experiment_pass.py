@@ -25,7 +25,7 @@ from experimenttracker_pipeline.stages.promotion.signoff import PromotionResult,
 from experimenttracker_pipeline.stages.samples.pairing import ChainBreak
 from experimenttracker_pipeline.stages.samples.recording import SamplingResult, record_samples, verify_samples
 from experimenttracker_pipeline.stages.samples.queries import sensor_snapshot
-from experimenttracker_pipeline.stages.verdict.decision import VerdictResult, decide
+from experimenttracker_pipeline.stages.verdict.decision import VerdictResult, decide, publish_overall
 from experimenttracker_pipeline.store import Store, advisory_lock
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class ExperimentOutcome:
     drift: DriftResult | None = None
     promotion: PromotionResult | None = None
     allocation: ExperimentAllocation | None = None  # adaptive allocation's recommendation, when declared
+    overall: dict[str, Any] | None = None  # EXPERIMENT_OVERALL_RESULT emitted after a comparison's verdict
     failed_stage: str | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -140,6 +141,9 @@ def process_experiment(store: Store, registry: StrategyRegistry, experiment_id: 
             outcome.verdict = decide(store, experiment_id)
             stage = "drift_signals"
             outcome.drift = signal_drift(store, experiment_id, registry)
+            if row.get("parent_experiment_id"):  # a comparison: its A/B/n experiment's overall verdict may change
+                stage = "verdicts"
+                outcome.overall = publish_overall(store, row["parent_experiment_id"])
             try:  # advice for the router: a failure is noted and never stops the experiment's other stages
                 outcome.allocation = recommend_after_evaluation(store, experiment_id, samples)
             except Exception as exc:  # noqa: BLE001

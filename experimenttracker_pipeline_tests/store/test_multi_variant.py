@@ -118,9 +118,19 @@ def test_three_treatments_get_their_own_verdicts_and_only_the_worse_one_signals_
     index = write_index(store, tmp_path / "reports")
     assert 'href="exp_abn--better.html"' in index.read_text()
 
-    # Nothing new: nothing due, nothing re-signalled.
+    # The overall result on the bus: one report once the three verdicts are in (each comparison's verdict
+    # re-reads it; it is emitted again only when a verdict or the winner changes).
+    published = store.reports("exp_abn", "EXPERIMENT_OVERALL_RESULT")
+    assert published and (published[-1]["verdict"], published[-1]["winning_variant"]) == ("variant_wins", "better")
+    assert {vid: v["verdict"] for vid, v in published[-1]["variants"].items()} == {
+        "better": "variant_wins", "flat": "inconclusive", "worse": "control_wins"}
+    assert published[-1]["ranking"] == overall["ranking"] and published[-1]["pareto_set"] == overall["pareto_set"]
+    assert len(published) <= 3
+
+    # Nothing new: nothing due, nothing re-signalled, no overall result again.
     assert _run_due(store) == []
     assert len(signals(store)) == 1
+    assert len(store.reports("exp_abn", "EXPERIMENT_OVERALL_RESULT")) == len(published)
 
 
 def test_one_variant_is_promoted_the_overall_winner_with_its_own_signoff(store, workdirs):

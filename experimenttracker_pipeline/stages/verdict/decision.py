@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from experimenttracker_pipeline.model.experiment import experiment_from_row
+from experimenttracker_pipeline.model.numbers import to_json
 from experimenttracker_pipeline.settings import OPERATIONS_TOPIC
 from experimenttracker_pipeline.stages.governance import operations as governance_ops
 from experimenttracker_pipeline.stages.verdict.assembly import (
@@ -101,3 +102,33 @@ def experiment_overall(store: Store, experiment_id: str) -> dict[str, Any] | Non
             "evaluation": json.loads(evaluation_row["evaluation_json"]) if evaluation_row else None,
             "samples": int((states.get(cid) or {}).get("samples") or 0), "drift_signalled": cid in signalled}
     return overall_verdict(experiment, inputs)
+
+
+EXPERIMENT_OVERALL_RESULT = "EXPERIMENT_OVERALL_RESULT"
+
+
+def publish_overall(store: Store, experiment_id: str) -> dict[str, Any] | None:
+    """Emit ``EXPERIMENT_OVERALL_RESULT`` for an A/B/n experiment when its overall verdict, winner or a variant's
+    verdict changed since the last one (after each comparison's verdict): which variant, if any, wins, the ranking,
+    the Pareto set and every variant's verdict and interval. Returns the emitted report, else None."""
+    overall = experiment_overall(store, experiment_id)
+    if overall is None:
+        return None
+    state = {"verdict": overall["verdict"], "winning_variant": overall["winning_variant"],
+             "variants": {vid: v["verdict"] for vid, v in overall["variants"].items()}}
+    previous = store.reports(experiment_id, EXPERIMENT_OVERALL_RESULT)
+    if previous and {k: previous[-1].get(k) for k in ("verdict", "winning_variant")} == {
+            k: state[k] for k in ("verdict", "winning_variant")} and {
+            vid: v.get("verdict") for vid, v in (previous[-1].get("variants") or {}).items()} == state["variants"]:
+        return None
+    keep = ("variant_slug", "experiment_id", "verdict", "ci_95_low", "ci_95_high", "edge_delta_bps", "samples",
+            "drift_signalled", "ci_method")
+    payload = {"experiment_id": experiment_id, **{k: overall[k] for k in (
+        "verdict", "winning_variant", "winning_variant_slug", "ranking", "pareto_set", "multiple_testing",
+        "plain_english", "samples")},
+        "variants": {vid: {k: v.get(k) for k in keep} for vid, v in overall["variants"].items()}}
+    with store.begin() as conn:
+        # Numbered: two passes finishing two comparisons at once emit the next one once.
+        return store.emit_report(conn, event_type=EXPERIMENT_OVERALL_RESULT, severity="INFO",
+                                 dedupe_key=f"{EXPERIMENT_OVERALL_RESULT}:{experiment_id}:{len(previous) + 1}",
+                                 experiment_id=experiment_id, topic=OPERATIONS_TOPIC, payload=to_json(payload))
