@@ -111,7 +111,9 @@ def read_subject(url: str, subject: str, *, stream: str = "REPORTS") -> list[dic
         while len(out) < total:
             try:
                 batch = await subscription.fetch(batch=500, timeout=1)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                # nats-py raises its own TimeoutError, or asyncio's when the timer fires inside its pull request:
+                # both mean no more messages on this subject (total counts the whole stream's).
                 break
             for message in batch:
                 out.append({"seq": message.metadata.sequence.stream, "subject": message.subject,

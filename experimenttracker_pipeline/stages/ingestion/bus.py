@@ -348,8 +348,10 @@ def ingest_bus(store: Store, config: BusConfig, *, max_messages: int | None = No
                 want = min(config.batch_size, limit - fetched)
                 try:
                     messages = await subscription.fetch(batch=want, timeout=fetch_timeout)
-                except nats.errors.TimeoutError:
-                    break  # nothing waiting
+                except asyncio.TimeoutError:
+                    # nothing waiting: nats-py raises its TimeoutError (a subclass), or asyncio's own when the timer
+                    # fires inside its pull request; neither means the bus is unreachable
+                    break
                 fetched += len(messages)
                 deliveries, raw = [], {}
                 for message in messages:
