@@ -155,15 +155,11 @@ class Experiment:
         contract = dataclasses.replace(
             self.contract, experiment_id=comparison_id, variant_slug=treatment.slug,
             traffic_split_bp=treatment.traffic_share_bp, variants=(self.contract.control, treatment))
-        subject = f"strategy:{treatment.slug}" if self.subject_kind_is_strategy else self.subject
+        subject = f"strategy:{treatment.slug}" if self.contract.subject_kind == "strategy" else self.subject
         return dataclasses.replace(
             self, experiment_id=comparison_id, variant_slug=treatment.slug, subject=subject,
             traffic_split_pct=treatment.traffic_share_bp / 100.0, contract=contract, parent=self,
             variant_id=variant_id, family_size=len(self.contract.treatments))
-
-    @property
-    def subject_kind_is_strategy(self) -> bool:
-        return self.subject.split(":", 1)[0] == "strategy"
 
     def to_row(self) -> dict[str, Any]:
         """The ``experiments`` row that registers this experiment."""

@@ -51,9 +51,11 @@ eth_constraints:
     return text
 
 
-def routed_fills(prefix: str, shares_bp: dict[str, int], start: int, count: int, seed: int) -> list[dict]:
+def routed_fills(prefix: str, shares_bp: dict[str, int], start: int, count: int, seed: int,
+                 tag: str | None = None) -> list[dict]:
     """Units routed by ``shares_bp``, each fill logging the probability of the arm it was routed to; plus two fills
-    without a propensity and one forced-control fill in an ETH-forbidden market (both excluded from the analysis)."""
+    without a propensity and one forced-control fill in an ETH-forbidden market (both excluded from the analysis).
+    ``tag``: the experiment id the treatments' fills carry (the control's are untagged)."""
     rng = np.random.default_rng(seed)
     arms = list(shares_bp)
     probs = np.array([shares_bp[a] for a in arms], dtype=float) / 10_000
@@ -61,8 +63,9 @@ def routed_fills(prefix: str, shares_bp: dict[str, int], start: int, count: int,
     for i in range(start, start + count):
         arm = arms[int(rng.choice(len(arms), p=probs))]
         bps = EFFECTS[arm] + float(rng.normal(0.0, 5.0))
+        tagged = {"experiment_id": tag} if tag and arm != "control" else {}
         records.append(fill(f"{prefix}-{i}", f"{prefix}-{arm}", "live", f"{prefix}:{i}", edge=bps / 100.0,
-                            t=i * 1000, assignment_propensity=shares_bp[arm] / 10_000))
+                            t=i * 1000, assignment_propensity=shares_bp[arm] / 10_000, **tagged))
     records.append(fill(f"{prefix}-{start}-np1", f"{prefix}-control", "live", "np1", edge=0.0, t=start * 1000 + 1))
     records.append(fill(f"{prefix}-{start}-np2", f"{prefix}-good", "live", "np2", edge=0.03, t=start * 1000 + 2))
     records.append(fill(f"{prefix}-{start}-eth", f"{prefix}-control", "live", "eth", edge=0.0, t=start * 1000 + 3,
@@ -102,7 +105,7 @@ def test_pass_recommends_once_per_evaluation_and_decides_on_the_logged_propensit
     (workdirs["experiments"] / "exp_fixed.yaml").write_text(declaration("exp_fixed", "fx", adaptive=False))
     sync_declarations(store, workdirs["experiments"])
     declared = {"control": 8000, "good": 1000, "bad": 1000}
-    _land(store, workdirs, "b1.jsonl", routed_fills("ad", declared, 0, 1500, seed=1)
+    _land(store, workdirs, "b1.jsonl", routed_fills("ad", declared, 0, 1500, seed=1, tag="exp_adaptive")
           + routed_fills("fx", declared, 0, 1500, seed=1))
 
     # Each treatment's comparison is evaluated on its own; each evaluation refreshes the experiment's
@@ -117,7 +120,7 @@ def test_pass_recommends_once_per_evaluation_and_decides_on_the_logged_propensit
     assert recommendation.payload["evaluation_samples"] == first["good"].verdict.verdict["samples"]
 
     # The next period routed by the recommendation: propensities change with the shares.
-    _land(store, workdirs, "b2.jsonl", routed_fills("ad", shares, 1500, 1500, seed=2))
+    _land(store, workdirs, "b2.jsonl", routed_fills("ad", shares, 1500, 1500, seed=2, tag="exp_adaptive"))
     second = _pass_all(store, "exp_adaptive")
     assert second["good"].evaluated and second["good"].allocation.report is not None
     _assert_within_bounds(second["good"].allocation.recommendation.shares_bp)
@@ -147,6 +150,9 @@ def test_pass_recommends_once_per_evaluation_and_decides_on_the_logged_propensit
     assert excluded == {"no_logged_propensity": 4, "not_randomised": 2, "zero_propensity": 0}
     assert "CAUSAL_ADAPTIVE_FILLS_EXCLUDED" in verdict["reason_codes"]
     assert set(causal["adaptive"]["effects"]) == {"good"}  # this comparison's treatment against the control
+    # Every fill of its two arms, those tagged with the experiment's id included.
+    arm_fills = store.scalar("SELECT COUNT(*) FROM raw_reports WHERE strategy_slug IN ('ad-control', 'ad-good')")
+    assert verdict["adaptive_analysis"]["fills"] == arm_fills
     result = store.reports("exp_adaptive/good", "EXPERIMENT_RESULT")[-1]
     assert result["ci_method"] == result["deciding_ci"]["method"] == "aipw_adaptive_always_valid"
     assert result["adaptive_analysis"]["excluded"]["no_logged_propensity"] >= 2

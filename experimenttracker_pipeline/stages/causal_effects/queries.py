@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import sqlalchemy as sa
 
+from experimenttracker_pipeline.stages.ingestion.queries import tagged_for
 from experimenttracker_pipeline.stages.intervals.queries import live_fills_of
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.store.schema import causal_estimates, experiment_samples, raw_reports
@@ -47,8 +48,7 @@ def arm_fills(store: Store, exp: Mapping[str, Any], slugs: list[str]) -> list[di
     return store.rows(sa.select(
         r.strategy_slug, (r.edge_pusd / r.notional_pusd * 10000.0).label("outcome_bps"),
         r.assignment_propensity.label("propensity"), r.market_id, r.recorded_at_ms)
-        .where(r.mode == "live", r.strategy_slug.in_(slugs), r.recorded_at_ms >= exp["started_at_ms"],
-               sa.or_(r.experiment_id.is_(None), r.experiment_id == exp["experiment_id"]))
+        .where(r.mode == "live", r.strategy_slug.in_(slugs), r.recorded_at_ms >= exp["started_at_ms"], tagged_for(exp))
         .order_by(r.recorded_at_ms, r.report_id))
 
 

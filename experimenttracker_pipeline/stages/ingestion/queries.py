@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import operator
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -322,3 +322,11 @@ def _conflict_row(line_no: int, fill: Fill, other_line: int, other_file: str) ->
         line_number=line_no, reason_code="REPORT_CONFLICTING_REDELIVERY", report_id=fill.report_id,
         detail=f"report_id {fill.report_id} was already received with different content ({other_file}:{other_line})",
         raw_text=json.dumps({c: getattr(fill, c) for c in FILL_COLUMNS if c != "content_sha256"}, sort_keys=True)[:4096])
+
+
+def tagged_for(exp: Mapping[str, Any]) -> sa.ColumnElement[bool]:
+    """A fill not tagged for another experiment: untagged, tagged with this experiment, or (a comparison of an A/B/n
+    experiment) tagged with the experiment it belongs to, whose fills serve each of its comparisons."""
+    r = raw_reports.c
+    tags = sorted({exp["experiment_id"], exp.get("parent_experiment_id") or exp["experiment_id"]})
+    return sa.or_(r.experiment_id.is_(None), r.experiment_id.in_(tags))

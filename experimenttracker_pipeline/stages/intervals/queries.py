@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from experimenttracker_pipeline.stages.ingestion.queries import tagged_for
 from experimenttracker_pipeline.store import Store
 from experimenttracker_pipeline.store.schema import experiment_evaluations, experiment_samples, raw_reports
 
@@ -220,12 +221,10 @@ def arm_fill_counts(store: Store, exp: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def live_fills_of(exp: Mapping[str, Any]) -> tuple[sa.ColumnElement[bool], ...]:
-    """The live fills of both arms since the experiment started, not tagged for another experiment (fills tagged
-    with an A/B/n experiment's id belong to each of its comparisons)."""
+    """The live fills of both arms since the experiment started, not tagged for another experiment."""
     r = raw_reports.c
-    tags = {exp["experiment_id"], exp.get("parent_experiment_id") or exp["experiment_id"]}
     return (r.mode == "live", r.strategy_slug.in_([exp["variant_slug"], exp["control_slug"]]),
-            r.recorded_at_ms >= exp["started_at_ms"], sa.or_(r.experiment_id.is_(None), r.experiment_id.in_(sorted(tags))))
+            r.recorded_at_ms >= exp["started_at_ms"], tagged_for(exp))
 
 
 def insert_evaluation(store: Store, experiment_id: str, evaluation: Mapping[str, Any]) -> int:

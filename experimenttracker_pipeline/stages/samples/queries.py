@@ -16,6 +16,7 @@ from experimenttracker_pipeline.stages.samples.pairing import (
     Candidate,
 )
 from experimenttracker_pipeline.stages.declarations.queries import has_comparisons
+from experimenttracker_pipeline.stages.ingestion.queries import tagged_for
 from experimenttracker_pipeline.store import Store, bulk_load, upsert
 from experimenttracker_pipeline.store.schema import (
     experiment_pairing_state,
@@ -61,9 +62,7 @@ def unpaired_candidates(conn: Connection, exp: Mapping[str, Any]) -> tuple[list[
 
     query = sa.select(r.strategy_slug, *(r[f] for f in Candidate.__dataclass_fields__)).where(
         r.recorded_at_ms >= exp["started_at_ms"],
-        # Fills tagged with an A/B/n experiment's id belong to each of its comparisons.
-        sa.or_(r.experiment_id.is_(None), r.experiment_id == experiment_id,
-               r.experiment_id == (exp.get("parent_experiment_id") or experiment_id)),
+        tagged_for(exp),
         sa.or_(sa.and_(r.strategy_slug == exp["variant_slug"], r.mode.in_(list(VARIANT_MODES[exp["mode"]]))),
                sa.and_(r.strategy_slug == exp["control_slug"], r.mode == CONTROL_MODE)),
         unpaired(_samples.variant_report_id), unpaired(_samples.control_report_id))

@@ -60,7 +60,7 @@ def overall_verdict(experiment: Experiment, comparisons: Mapping[str, Mapping[st
     else:
         verdict = "inconclusive"
     shown = winner or next((vid for vid in surface.ranking if vid in per_variant), None)
-    shown_final = finals.get(shown) or {} if shown else {}
+    shown_final = (finals.get(shown) or {}) if shown else {}
     variants = {}
     for v in contract.treatments:
         final = finals[v.id] or {}
