@@ -21,6 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from experimenttracker_pipeline.store.engine import Store, StoreUnavailable, is_connection_error, sqlite_on_connect
+from experimenttracker_pipeline.store.locks import advisory_lock
 from experimenttracker_pipeline.store.schema import metadata
 
 BASELINE = "0001_baseline"
@@ -67,6 +68,15 @@ def current_revision(store: Store) -> str | None:
 
 def upgrade(store: Store) -> list[str]:
     """Apply every revision the store lacks; returns them in order (empty when up to date)."""
+    if store.dialect == "sqlite":
+        # Processes opening a new SQLite store together also race on its first connection (the WAL journal-mode
+        # switch, before any transaction can serialise them): a file lock next to the database orders them first.
+        with advisory_lock(store, MIGRATION_LOCK, "schema"):
+            return _upgrade(store)
+    return _upgrade(store)
+
+
+def _upgrade(store: Store) -> list[str]:
     engine = _migration_engine(store)
     try:
         with engine.begin() as conn:

@@ -285,6 +285,7 @@ def test_concurrent_migrations_apply_each_revision_once(db_url):
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    assert all(isinstance(r, list) for r in results), results  # an exception is shown, not hidden by the sort
     assert sorted(results, key=len) == [[], revisions()], results
     for store in stores:
         store.dispose()
